@@ -1,0 +1,71 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both create .venv when missing and install the pinned set (constraints.txt) into it;
+# a second run finds the stamp up to date and installs nothing.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP_VERSION := 26.3
+
+.PHONY: install demo test lint format lock clean-stack help browser-setup
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the pinned dependencies
+
+demo: $(STAMP)  ## start the local stack and run the demo
+	$(BIN)/python -m dualmedia.demo
+
+test: $(STAMP) browser-setup  ## lint, then run every test (starts real services on free ports)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+# ---- browser tests (tests/browser) ------------------------------------------------------
+# Playwright drives Debian's Chromium (`playwright install` needs the internet). Installed
+# with apt-get only when missing, so a second `make test` checks and moves on at once.
+# Without apt-get (or root/sudo) it says so; the browser tests are then skipped, with why.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
+
+browser-setup:  ## install Chromium for the browser tests when missing (apt-get)
+	@if [ -n "$$CHROMIUM_PATH" ] && [ -x "$$CHROMIUM_PATH" ]; then :; \
+	elif command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser-setup: installing Chromium with apt-get (once)"; \
+	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install \
+	      -y -qq --no-install-recommends chromium >/dev/null; } \
+	  || echo "browser-setup: WARNING: apt-get could not install chromium; tests/browser will be SKIPPED"; \
+	else \
+	  echo "browser-setup: no chromium and no apt-get here: install Chromium (or set CHROMIUM_PATH);"; \
+	  echo "browser-setup: until then tests/browser will be SKIPPED"; \
+	fi
+
+lint: $(STAMP)  ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)  ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lock:  ## re-resolve the dependency ranges of pyproject.toml into constraints.txt
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet pip==$(PIP_VERSION)
+	.lock-venv/bin/pip install --quiet -e ".[dev]"
+	{ echo "# Exact versions of every package, tested together. Regenerate with 'make lock'."; \
+	  echo "# torch is the CPU wheel on local disk (pip finds it via its find-links)."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; \
+	} > constraints.txt
+	rm -rf .lock-venv
+
+clean-stack: $(STAMP)  ## stop the local stack and delete its state (.dualmedia/)
+	-$(BIN)/dualmedia down
+	rm -rf .dualmedia

@@ -1,0 +1,229 @@
+"""`dualmedia`: the command line of the platform.
+
+Every command is a thin layer over a plain function: it parses options, shows
+progress, prints a human summary or (with --json) one JSON object, and turns known
+errors into a one-line message and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dualmedia.console import JsonOpt, console, emit, out, progress_bar
+from dualmedia.contract import ContractError
+from dualmedia.settings import get_settings
+from dualmedia.stack import Stack, StackError
+from dualmedia.storage import StorageError
+
+app = typer.Typer(
+    name="dualmedia",
+    help=(
+        "Multimodal (text, image, audio) ML platform: local stack, datasets, training, "
+        "serving and monitoring. Settings come from DUALMEDIA_* variables or .env."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Errors a user can act on: shown as one line, not a traceback.
+USER_ERRORS = (StackError, StorageError, ContractError, ValueError, RuntimeError, OSError)
+# ---- the local stack -------------------------------------------------------------------
+ServiceOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--service", "-s", help="Only this service (repeatable): s3, mlflow, airflow, torchserve."
+    ),
+]
+
+
+@app.command()
+def up(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
+    """Start the local stack (object storage, MLflow, Airflow, TorchServe) in the background.
+
+    Waits for each health check. Idempotent: running services are left as they are.
+    State, logs and pid files live under DUALMEDIA_HOME (default .dualmedia/).
+    """
+    settings = get_settings()
+    stack = Stack(settings, only=service)
+
+    def report(svc: Any, message: str) -> None:
+        if not as_json:
+            console.print(f"[bold]{svc.title:<20}[/] {svc.name:<11} {message}")
+
+    stack.up(report)
+    statuses = stack.status()
+    hints = {s.name: s.login_hint() for s in stack.services if s.login_hint()}
+    result = {"services": [s.to_dict() for s in statuses], "home": str(settings.home_dir)}
+    emit(result, as_json, lambda r: _print_status(statuses, hints))
+
+
+@app.command()
+def down(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop the services `up` started (and only those). Data stays under DUALMEDIA_HOME."""
+    stack = Stack(get_settings(), only=service)
+    stopped: dict[str, str] = {}
+
+    def report(svc: Any, message: str) -> None:
+        stopped[svc.name] = message
+        if not as_json:
+            console.print(f"[bold]{svc.title:<20}[/] {svc.name:<11} {message}")
+
+    stack.down(report)
+    if as_json:
+        emit({"services": stopped}, True, lambda r: None)
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Show each service of the stack: its URL and state (running, stopped, ...)."""
+    stack = Stack(get_settings())
+    statuses = stack.status()
+    emit(
+        {"services": [s.to_dict() for s in statuses]},
+        as_json,
+        lambda r: _print_status(statuses, {}),
+    )
+
+
+def _print_status(statuses: list[Any], hints: dict[str, str]) -> None:
+    table = Table(title="dualmedia local stack")
+    for col in ("service", "what", "URL", "state", "log"):
+        table.add_column(col, overflow="fold")
+    colours = {"running": "green", "external-up": "green", "stopped": "dim"}
+    for s in statuses:
+        colour = colours.get(s.state, "red")
+        table.add_row(s.name, s.title, s.url, f"[{colour}]{s.state}[/]", s.log or "")
+    out.print(table)
+    for name, hint in hints.items():
+        out.print(f"{name}: {hint}")
+
+
+# ---- datasets ---------------------------------------------------------------------------
+@app.command()
+def upload(
+    folder: Annotated[
+        Path, typer.Argument(help="Local dataset folder with dataset.yaml and batches.")
+    ],
+    uri: Annotated[str, typer.Argument(help="Target prefix, e.g. s3://dualmedia-raw/my-dataset.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a dataset folder in the contract's format (dataset.yaml + batch folders).
+
+    Refuses a folder without a valid dataset.yaml. Files already there unchanged are
+    skipped, so running it again uploads only what is new.
+    """
+    from dualmedia.datasets import check_dataset_folder, folder_size, upload_dataset
+    from dualmedia.storage import ObjectStore
+
+    check_dataset_folder(folder)
+    store = ObjectStore(get_settings())
+    with progress_bar("uploading", folder_size(folder), unit_bytes=True) as advance:
+        result = upload_dataset(folder, uri, store, progress=advance)
+    emit(result, as_json, _print_upload)
+
+
+def _print_upload(r: dict[str, Any]) -> None:
+    out.print(
+        f"uploaded dataset [bold]{r['dataset']}[/] to {r['uri']}: batches {', '.join(r['batches'])}"
+        f" ({r['files_uploaded']} files uploaded, {r['files_unchanged']} unchanged)"
+    )
+
+
+@app.command()
+def generate(
+    dest: Annotated[str, typer.Argument(help="A local folder or an s3://bucket/dataset URI.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of records.")] = 600,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 0,
+    batch: Annotated[str, typer.Option(help="Batch folder name.")] = "batch-0001",
+    start_index: Annotated[int, typer.Option(help="Index of the first record (its id).")] = 0,
+    missing_modality_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.1,
+    label_noise: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    corrupt_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of bad records.")] = 0.0,
+    image_shift: Annotated[
+        float, typer.Option(min=0, max=1, help="Drift: photo colour/light.")
+    ] = 0.0,
+    text_shift: Annotated[float, typer.Option(min=0, max=1, help="Drift: new vocabulary.")] = 0.0,
+    audio_noise: Annotated[float, typer.Option(min=0, max=1, help="Drift: noisier audio.")] = 0.0,
+    class_shift: Annotated[float, typer.Option(min=0, max=1, help="Drift: label priors.")] = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a labelled synthetic customer-feedback dataset (text, photo, voice note).
+
+    Labels: sentiment, product category, damaged, and mismatch (words and voice tone
+    disagree). See docs/generator.md for how each label shows in each modality.
+    """
+    from dualmedia.synthetic import GeneratorKnobs, generate_dataset
+
+    knobs = GeneratorKnobs(
+        missing_modality_rate=missing_modality_rate,
+        label_noise=label_noise,
+        corrupt_rate=corrupt_rate,
+        image_shift=image_shift,
+        text_shift=text_shift,
+        audio_noise=audio_noise,
+        class_shift=class_shift,
+    )
+
+    def run(folder: Path) -> dict[str, Any]:
+        with progress_bar("generating", n) as advance:
+            summary = generate_dataset(
+                folder,
+                n,
+                seed=seed,
+                batch=batch,
+                knobs=knobs,
+                start_index=start_index,
+                progress=advance,
+            )
+        return summary.to_dict()
+
+    if dest.startswith("s3://"):
+        from dualmedia.datasets import folder_size, upload_dataset
+        from dualmedia.storage import ObjectStore
+
+        store = ObjectStore(get_settings())
+        with tempfile.TemporaryDirectory(prefix="dualmedia-gen-") as tmp:
+            result = run(Path(tmp))
+            with progress_bar("uploading", folder_size(Path(tmp)), unit_bytes=True) as advance:
+                result["upload"] = upload_dataset(Path(tmp), dest, store, progress=advance)
+        result["out_dir"] = dest
+    else:
+        result = run(Path(dest))
+    emit(result, as_json, _print_generate)
+
+
+def _print_generate(r: dict[str, Any]) -> None:
+    out.print(
+        f"wrote {r['n_records']} records ({r['n_corrupt']} deliberately bad) as batch "
+        f"[bold]{r['batch']}[/] to {r['out_dir']}"
+    )
+
+
+def register_stage_commands() -> None:
+    """Stage packages add their commands through the `dualmedia.commands` entry point
+    group (see pyproject.toml), so the core never imports a stage package."""
+    for entry in sorted(entry_points(group="dualmedia.commands"), key=lambda e: e.name):
+        entry.load()(app)
+
+
+def main() -> None:
+    register_stage_commands()
+    try:
+        app()
+    except USER_ERRORS as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The dataset contract: `dataset.yaml`, manifest records and rejection reasons.
+
+A dataset is a prefix holding `dataset.yaml` and batches, each batch a folder with
+`manifest.jsonl` and the media it names (see DESIGN.md, "The dataset contract").
+Model heads are built from the label schema declared here, so no label name is
+hard-coded anywhere else in the platform.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DATASET_FILE = "dataset.yaml"
+MANIFEST_FILE = "manifest.jsonl"
+
+
+class Modality(StrEnum):
+    """The modalities the platform knows; the order is the canonical order everywhere."""
+
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+class ContractError(ValueError):
+    """A dataset does not follow the contract; the message names what and where."""
+
+
+class CategoricalLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["categorical"]
+    classes: list[str] = Field(min_length=2)
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, classes: list[str]) -> list[str]:
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes must be unique, got {classes}")
+        return classes
+
+
+class BinaryLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["binary"]
+
+    @property
+    def classes(self) -> list[str]:
+        return ["false", "true"]
+
+
+LabelSpec = Annotated[CategoricalLabel | BinaryLabel, Field(discriminator="type")]
+
+
+class DatasetSpec(BaseModel):
+    """What `dataset.yaml` declares: the modalities present and the label schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    modalities: list[Modality] = Field(min_length=1)
+    labels: dict[str, LabelSpec] = Field(default_factory=dict)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _unique_modalities(self) -> DatasetSpec:
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities must be unique, got {[m.value for m in self.modalities]}")
+        return self
+
+    def encode_label(self, name: str, value: Any) -> int:
+        """Class index of `value` for label `name`; raises ValueError when it does not fit."""
+        spec = self.labels[name]
+        if isinstance(spec, BinaryLabel):
+            if not isinstance(value, bool):
+                raise ValueError(f"label {name!r} is binary and needs true/false, got {value!r}")
+            return int(value)
+        if not isinstance(value, str):
+            raise ValueError(f"label {name!r} needs one of {spec.classes}, got {value!r}")
+        if value not in spec.classes:
+            raise ValueError(f"label {name!r} has no class {value!r}; classes: {spec.classes}")
+        return spec.classes.index(value)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def parse_dataset_spec(text: str, where: str = DATASET_FILE) -> DatasetSpec:
+    """Parse `dataset.yaml` text; errors name `where` and the offending field."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ContractError(f"{where}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ContractError(f"{where}: expected a mapping with name, modalities and labels")
+    try:
+        return DatasetSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ContractError(f"{where}: invalid dataset spec: {problems}") from None
+
+
+def load_dataset_spec(folder: Path) -> DatasetSpec:
+    """Load and validate `<folder>/dataset.yaml`."""
+    path = Path(folder) / DATASET_FILE
+    if not path.is_file():
+        raise ContractError(f"{path}: missing; a dataset folder needs a {DATASET_FILE} at its root")
+    return parse_dataset_spec(path.read_text(encoding="utf-8"), where=str(path))
+
+
+class RejectReason(StrEnum):
+    """Why a record was quarantined. Shared by ingestion and the data generator."""
+
+    MANIFEST_NOT_JSON = "manifest_not_json"
+    MISSING_ID = "missing_id"
+    DUPLICATE_ID = "duplicate_id"
+    NO_MODALITY = "no_modality"
+    TEXT_EMPTY = "text_empty"
+    TEXT_NOT_UTF8 = "text_not_utf8"
+    TEXT_TOO_LONG = "text_too_long"
+    IMAGE_MISSING = "image_missing"
+    IMAGE_UNDECODABLE = "image_undecodable"
+    IMAGE_TRUNCATED = "image_truncated"
+    IMAGE_EMPTY = "image_empty"
+    IMAGE_SIZE_OUT_OF_BOUNDS = "image_size_out_of_bounds"
+    AUDIO_MISSING = "audio_missing"
+    AUDIO_UNDECODABLE = "audio_undecodable"
+    AUDIO_TRUNCATED = "audio_truncated"
+    AUDIO_SILENT = "audio_silent"
+    AUDIO_CLIPPED = "audio_clipped"
+    AUDIO_TOO_SHORT = "audio_too_short"
+    AUDIO_TOO_LONG = "audio_too_long"
+    LABEL_MISSING = "label_missing"
+    LABEL_UNKNOWN_CLASS = "label_unknown_class"
+    LABEL_WRONG_TYPE = "label_wrong_type"

@@ -1,0 +1,206 @@
+"""The one settings object: every endpoint, bucket, path and credential.
+
+Read from environment variables `DUALMEDIA_*` and a `.env` file in the working
+directory; no other module reads the environment. Pointing the platform at AWS S3,
+MinIO, a remote MLflow or a remote Airflow is a matter of setting these values.
+Secrets are `SecretStr`, so they print as '**********' in reprs, logs and errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DUALMEDIA_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Where the local stack keeps its state, logs and pid files.
+    home: Path = Field(default=Path(".dualmedia"), description="state folder of the local stack")
+    host: str = Field(default="127.0.0.1", description="interface the local stack binds to")
+
+    # Object storage (rclone locally; MinIO or AWS by setting the endpoint and keys).
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint; unset = the local rclone server; empty = AWS"
+    )
+    s3_port: int = 9000
+    s3_access_key: SecretStr = SecretStr("dualmedia")
+    s3_secret_key: SecretStr = SecretStr("dualmedia-secret")
+    s3_region: str = "us-east-1"
+    raw_bucket: str = "dualmedia-raw"
+    lake_bucket: str = "dualmedia-lake"
+    artifacts_bucket: str = "dualmedia-mlflow"
+    s3_max_attempts: int = Field(default=8, description="retries (with backoff) per S3 call")
+    multipart_threshold_mb: int = 64
+
+    # Tracking and registry.
+    mlflow_tracking_uri: str | None = Field(default=None, description="unset = local server")
+    mlflow_port: int = 5000
+    mlflow_experiment: str = "dualmedia"
+
+    # Orchestration.
+    airflow_url: str | None = Field(default=None, description="unset = local airflow standalone")
+    airflow_port: int = 8080
+    airflow_worker_log_port: int = 8793
+    airflow_trigger_log_port: int = 8794
+    airflow_username: str = "admin"
+    airflow_password: SecretStr | None = Field(
+        default=None, description="unset = the password airflow standalone generated locally"
+    )
+    airflow_pause_new_dags: bool = Field(
+        default=False, description="new DAGs start paused (tests unpause what they run)"
+    )
+    airflow_parallelism: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    dags_folder: Path = REPO_ROOT / "dags"
+
+    # Serving.
+    torchserve_inference_url: str | None = None
+    torchserve_management_url: str | None = None
+    torchserve_metrics_url: str | None = None
+    torchserve_inference_port: int = 8085
+    torchserve_management_port: int = 8086
+    torchserve_metrics_port: int = 8087
+    torchserve_grpc_inference_port: int = 7070
+    torchserve_grpc_management_port: int = 7071
+    torchserve_key_file: Path | None = Field(
+        default=None, description="TorchServe's key_file.json; unset = the local stack's"
+    )
+    torchserve_inference_key: SecretStr | None = None
+    torchserve_management_key: SecretStr | None = None
+    torchserve_token_expiration_min: int = 7 * 24 * 60
+    # Dynamic batching and workers of each endpoint.
+    serving_batch_size: int = 8
+    serving_max_batch_delay_ms: int = 5
+    serving_workers: int = 1
+    serving_threads: int = Field(default=1, description="torch threads per serving worker")
+
+    # The registered model the CLI's promote/deploy/publish/monitor act on by default.
+    model_name: str = "customer-feedback"
+    # The training configuration (configs/train/<name>.yaml) pipelines use by default.
+    train_config: str = Field(default="default", pattern="^[A-Za-z0-9_-]+$")
+
+    # Feature store: "local" (SQLite online store) or "production" (Redis online store).
+    feast_profile: str = Field(default="local", pattern="^(local|production)$")
+    feast_project: str = Field(default="dualmedia", pattern="^[A-Za-z0-9][A-Za-z0-9_]*$")
+    feast_redis: SecretStr = SecretStr("127.0.0.1:6379")
+
+    # Health-check patience when starting services (seconds).
+    startup_timeout_s: float = 300.0
+
+    # ---- derived values -------------------------------------------------------------
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        """The S3 endpoint URL, or None for AWS's default endpoints."""
+        if self.s3_endpoint_url is None:
+            return f"http://{self.host}:{self.s3_port}"
+        return self.s3_endpoint_url or None
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def airflow_base_url(self) -> str:
+        return (self.airflow_url or f"http://{self.host}:{self.airflow_port}").rstrip("/")
+
+    @property
+    def torchserve_inference(self) -> str:
+        url = self.torchserve_inference_url
+        return (url or f"http://{self.host}:{self.torchserve_inference_port}").rstrip("/")
+
+    @property
+    def torchserve_management(self) -> str:
+        url = self.torchserve_management_url
+        return (url or f"http://{self.host}:{self.torchserve_management_port}").rstrip("/")
+
+    @property
+    def torchserve_metrics(self) -> str:
+        url = self.torchserve_metrics_url
+        return (url or f"http://{self.host}:{self.torchserve_metrics_port}").rstrip("/")
+
+    @property
+    def torchserve_model_store(self) -> Path | None:
+        """The local stack's model store folder (None when TorchServe is external)."""
+        if self.torchserve_management_url is not None:
+            return None
+        return self.home_dir / "torchserve" / "model-store"
+
+    @property
+    def torchserve_deployments_file(self) -> Path:
+        """What is deployed (default and previous version per endpoint); the local stack
+        re-registers it when TorchServe starts again."""
+        return self.home_dir / "torchserve" / "deployments.json"
+
+    @property
+    def torchserve_key_path(self) -> Path:
+        return self.torchserve_key_file or self.home_dir / "torchserve" / "key_file.json"
+
+    def airflow_admin_password(self) -> str:
+        """The Airflow password: from settings, else the one the local stack generated."""
+        if self.airflow_password is not None:
+            return self.airflow_password.get_secret_value()
+        generated = self.home_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
+        try:
+            return json.loads(generated.read_text())[self.airflow_username]
+        except (OSError, ValueError, KeyError):
+            raise RuntimeError(
+                f"no Airflow password: set DUALMEDIA_AIRFLOW_PASSWORD or start the local stack "
+                f"(`dualmedia up`), which writes {generated}"
+            ) from None
+
+    def torchserve_key(self, kind: str) -> str:
+        """The TorchServe token for `kind` ('inference' or 'management')."""
+        explicit = {
+            "inference": self.torchserve_inference_key,
+            "management": self.torchserve_management_key,
+        }[kind]
+        if explicit is not None:
+            return explicit.get_secret_value()
+        path = self.torchserve_key_path
+        try:
+            return json.loads(path.read_text())[kind]["key"]
+        except (OSError, ValueError, KeyError):
+            raise RuntimeError(
+                f"no TorchServe {kind} key: set DUALMEDIA_TORCHSERVE_{kind.upper()}_KEY or start "
+                f"the local stack (`dualmedia up`), which writes {path}"
+            ) from None
+
+    def child_env(self) -> dict[str, str]:
+        """These settings as DUALMEDIA_* variables, for processes the stack starts.
+
+        Airflow tasks run in those processes and build their own Settings from this.
+        """
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, Path):
+                value = str(value.expanduser().resolve())
+            env[f"DUALMEDIA_{name.upper()}"] = str(value)
+        return env
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to print or log: secrets masked."""
+        return json.loads(self.model_dump_json())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own `Settings(...)` instead)."""
+    return Settings()

@@ -1,0 +1,63 @@
+"""Object storage: `rclone serve s3` over a folder on disk (S3 protocol, data survives)."""
+
+from __future__ import annotations
+
+import requests
+
+from dualmedia.stack.base import Service, venv_bin
+
+
+class ObjectStorageService(Service):
+    name = "s3"
+    title = "object storage"
+
+    @property
+    def url(self) -> str:
+        return self.settings.s3_endpoint or "https://s3.amazonaws.com"
+
+    def is_external(self) -> bool:
+        return self.settings.s3_endpoint_url is not None
+
+    def ports(self) -> dict[int, str]:
+        return {self.settings.s3_port: "DUALMEDIA_S3_PORT"}
+
+    def command(self) -> list[str]:
+        s = self.settings
+        return [
+            str(venv_bin() / "rclone"),
+            "serve",
+            "s3",
+            str(self.state_dir / "data"),
+            "--addr",
+            f"{s.host}:{s.s3_port}",
+            "--config",
+            "/dev/null",  # no rclone.conf: everything is on this command line
+            "--log-level",
+            "NOTICE",
+        ]
+
+    def extra_env(self) -> dict[str, str]:
+        # The keys go through rclone's environment, not its command line, so `ps` and the
+        # pid file never show them.
+        s = self.settings
+        key = f"{s.s3_access_key.get_secret_value()},{s.s3_secret_key.get_secret_value()}"
+        # The variable is CSV (the flag can repeat): quote the pair so its comma stays in.
+        return {"RCLONE_AUTH_KEY": f'"{key}"'}
+
+    def prepare(self) -> None:
+        (self.state_dir / "data").mkdir(parents=True, exist_ok=True)
+
+    def is_healthy(self) -> bool:
+        try:
+            # Any S3 answer (even 403 for an anonymous request) means the server is up.
+            return requests.get(self.url, timeout=2).status_code < 500
+        except requests.RequestException:
+            return False
+
+    def after_start(self) -> None:
+        from dualmedia.storage import ObjectStore
+
+        s = self.settings
+        store = ObjectStore(s)
+        for bucket in (s.raw_bucket, s.lake_bucket, s.artifacts_bucket):
+            store.ensure_bucket(bucket)

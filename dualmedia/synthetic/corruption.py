@@ -1,0 +1,253 @@
+"""Bad records, one defect each, covering every per-record `RejectReason`.
+
+The bounds below are the ones the generator assumes; configure ingestion with the same values
+(docs/generator.md lists them) and every corrupt record is rejected for exactly the reason
+recorded in `expected_rejects`, while every normal record passes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dualmedia.contract import RejectReason
+from dualmedia.synthetic.images import encode_image
+from dualmedia.synthetic.voices import wav_bytes
+
+# --- The bounds a record must respect (ingestion should use the same values). ---
+MAX_TEXT_CHARS = 5000  # text longer than this (in characters) is TEXT_TOO_LONG
+MIN_IMAGE_SIDE = 16  # pixels; an image with a smaller width or height is out of bounds
+MAX_IMAGE_SIDE = 4096  # pixels; an image with a larger width or height is out of bounds
+ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")  # what PIL must identify the file as
+MIN_AUDIO_SECONDS = 0.25  # shorter is AUDIO_TOO_SHORT
+MAX_AUDIO_SECONDS = 30.0  # longer is AUDIO_TOO_LONG
+SILENT_PEAK = 1e-3  # peak |sample| (full scale = 1.0) below this, i.e. under -60 dBFS: silent
+CLIP_LEVEL = 0.999  # |sample| at or above this share of full scale counts as clipped
+MAX_CLIPPED_FRACTION = 0.05  # more than this share of clipped samples is AUDIO_CLIPPED
+
+# Corrupt records cycle through this order, so any REJECT_CYCLE-long run of corrupt records in a
+# batch holds every kind.
+REJECT_CYCLE: tuple[RejectReason, ...] = tuple(RejectReason)
+# Kinds whose record has no usable id of its own: expected_rejects keys them "line:N".
+KEYED_BY_LINE = frozenset(
+    {RejectReason.MANIFEST_NOT_JSON, RejectReason.MISSING_ID, RejectReason.DUPLICATE_ID}
+)
+
+IMAGE_REASONS = frozenset(r for r in RejectReason if r.value.startswith("image_"))
+AUDIO_REASONS = frozenset(r for r in RejectReason if r.value.startswith("audio_"))
+
+# Payload sizes, kept small so a corrupt-heavy batch stays light.
+_TOO_SHORT_SECONDS = 0.12
+_TOO_LONG_SECONDS = 31.0
+_TOO_LONG_RATE = 8000
+_CLIPPED_SHARE = 0.2  # share of samples pushed to full scale in a clipped note
+_UNDECODABLE_BYTES = (512, 2048)
+_LEGACY_ENCODED_PREFIX = "Très déçu, "  # sent as Latin-1 bytes: not valid UTF-8
+
+
+@dataclass
+class ItemMedia:
+    """How to render one item's normal media on demand (corruption needs some of it)."""
+
+    item_id: str
+    image_format: str
+    audio_rate: int
+    audio_seconds: float
+    photo: Callable[[], Image.Image]
+    voice: Callable[[int, float], np.ndarray]  # (sample rate, seconds) -> samples
+
+    @property
+    def image_path(self) -> str:
+        return f"images/{self.item_id}.{self.image_format}"
+
+    @property
+    def audio_path(self) -> str:
+        return f"audio/{self.item_id}.wav"
+
+    def image_file(self) -> bytes:
+        return encode_image(self.photo(), self.image_format)
+
+    def audio_file(self) -> bytes:
+        return wav_bytes(self.voice(self.audio_rate, self.audio_seconds), self.audio_rate)
+
+
+@dataclass
+class BadRecord:
+    """A manifest line (no newline) and the files under the batch folder it needs."""
+
+    line: bytes
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def manifest_line(record: dict[str, Any]) -> bytes:
+    """One manifest line: compact-ish JSON, non-ASCII kept as UTF-8."""
+    return json.dumps(record, ensure_ascii=False).encode("utf-8")
+
+
+def _with_media(
+    record: dict[str, Any], media: ItemMedia, *, image: bool, audio: bool
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Point `record` at valid media for the requested modalities and return their files."""
+    files: dict[str, bytes] = {}
+    record = dict(record)
+    if image:
+        record["image"] = media.image_path
+        files[media.image_path] = media.image_file()
+    if audio:
+        record["audio"] = media.audio_path
+        files[media.audio_path] = media.audio_file()
+    return record, files
+
+
+def _random_bytes(rng: np.random.Generator) -> bytes:
+    size = int(rng.integers(*_UNDECODABLE_BYTES))
+    # A zero first byte: no image or audio format starts that way.
+    return b"\x00" + rng.integers(0, 256, size - 1, dtype=np.uint8).tobytes()
+
+
+def _truncated_wav(samples: np.ndarray, sample_rate: int) -> bytes:
+    """A WAV whose data chunk header promises all frames but the file stops halfway."""
+    full = wav_bytes(samples, sample_rate)
+    data_at = full.index(b"data") + 8
+    (data_size,) = struct.unpack("<I", full[data_at - 4 : data_at])
+    return full[: data_at + (data_size // 2) // 2 * 2]
+
+
+def _clipped(samples: np.ndarray) -> np.ndarray:
+    gain = 1.0 / np.quantile(np.abs(samples), 1.0 - _CLIPPED_SHARE)
+    return np.clip(samples * gain, -1.0, 1.0)
+
+
+def make_bad_record(
+    reason: RejectReason,
+    record: dict[str, Any],
+    media: ItemMedia,
+    rng: np.random.Generator,
+    *,
+    duplicate_of: str | None = None,
+) -> BadRecord:
+    """Turn the item's normal `record` into one with exactly the defect `reason`.
+
+    `record` holds the item's normal fields (media already null where the item lacks them);
+    only the defective field changes, and a modality the defect needs is added when absent.
+    """
+    # The defective modality's normal file is never written: its path must hold the bad file or,
+    # for "missing", nothing at all.
+    has_image = record["image"] is not None and reason not in IMAGE_REASONS
+    has_audio = record["audio"] is not None and reason not in AUDIO_REASONS
+    base, files = _with_media(record, media, image=has_image, audio=has_audio)
+    match reason:
+        case RejectReason.MANIFEST_NOT_JSON:
+            line = manifest_line(record)
+            return BadRecord(line[: len(line) // 2])  # unterminated: cut mid-record
+        case RejectReason.MISSING_ID:
+            return BadRecord(manifest_line({k: v for k, v in base.items() if k != "id"}), files)
+        case RejectReason.DUPLICATE_ID:
+            if duplicate_of is None:
+                raise ValueError("a duplicate id needs an earlier id to duplicate")
+            return BadRecord(manifest_line({**base, "id": duplicate_of}), files)
+        case RejectReason.NO_MODALITY:
+            return BadRecord(manifest_line({**record, "text": None, "image": None, "audio": None}))
+        case RejectReason.TEXT_EMPTY:
+            # An empty string is present-but-empty (null would be a missing modality); keep an
+            # image so the record is not also "no modality".
+            base, files = _with_media(record, media, image=True, audio=has_audio)
+            return BadRecord(manifest_line({**base, "text": ""}), files)
+        case RejectReason.TEXT_NOT_UTF8:
+            placeholder = "\u2063NOT-UTF8\u2063"
+            line = manifest_line({**base, "text": placeholder})
+            text = _LEGACY_ENCODED_PREFIX + (record["text"] or "the item arrived.")
+            escaped = json.dumps(text, ensure_ascii=False)[1:-1]
+            legacy = escaped.encode("latin-1", errors="replace")
+            return BadRecord(line.replace(placeholder.encode("utf-8"), legacy), files)
+        case RejectReason.TEXT_TOO_LONG:
+            sentence = (record["text"] or "It arrived.").strip() + " "
+            repeats = MAX_TEXT_CHARS // len(sentence) + 2
+            return BadRecord(manifest_line({**base, "text": (sentence * repeats).strip()}), files)
+        case RejectReason.IMAGE_MISSING:
+            return BadRecord(manifest_line({**base, "image": media.image_path}), files)
+        case RejectReason.IMAGE_UNDECODABLE:
+            path = f"images/{media.item_id}.jpg"
+            return BadRecord(
+                manifest_line({**base, "image": path}), {**files, path: _random_bytes(rng)}
+            )
+        case RejectReason.IMAGE_TRUNCATED:
+            path = f"images/{media.item_id}.jpg"
+            jpeg = encode_image(media.photo(), "jpg")
+            return BadRecord(
+                manifest_line({**base, "image": path}), {**files, path: jpeg[: len(jpeg) // 2]}
+            )
+        case RejectReason.IMAGE_EMPTY:
+            return BadRecord(
+                manifest_line({**base, "image": media.image_path}), {**files, media.image_path: b""}
+            )
+        case RejectReason.IMAGE_SIZE_OUT_OF_BOUNDS:
+            path = f"images/{media.item_id}.png"
+            if rng.random() < 0.5:  # a thumbnail too small to see anything
+                odd = media.photo().resize((4, 4), Image.Resampling.BILINEAR)
+            else:  # a banner far too wide
+                ramp = np.linspace(0, 255, MAX_IMAGE_SIDE + 904, dtype=np.uint8)
+                odd = Image.fromarray(np.repeat(np.stack([ramp] * 3, -1)[None], 24, axis=0))
+            buffer = io.BytesIO()
+            odd.save(buffer, format="PNG", compress_level=6)
+            return BadRecord(
+                manifest_line({**base, "image": path}), {**files, path: buffer.getvalue()}
+            )
+        case RejectReason.AUDIO_MISSING:
+            return BadRecord(manifest_line({**base, "audio": media.audio_path}), files)
+        case RejectReason.AUDIO_UNDECODABLE:
+            return BadRecord(
+                manifest_line({**base, "audio": media.audio_path}),
+                {**files, media.audio_path: _random_bytes(rng)},
+            )
+        case RejectReason.AUDIO_TRUNCATED:
+            voice = media.voice(media.audio_rate, media.audio_seconds)
+            return BadRecord(
+                manifest_line({**base, "audio": media.audio_path}),
+                {**files, media.audio_path: _truncated_wav(voice, media.audio_rate)},
+            )
+        case RejectReason.AUDIO_SILENT:
+            silence = np.zeros(round(media.audio_seconds * media.audio_rate))
+            return BadRecord(
+                manifest_line({**base, "audio": media.audio_path}),
+                {**files, media.audio_path: wav_bytes(silence, media.audio_rate)},
+            )
+        case RejectReason.AUDIO_CLIPPED:
+            voice = _clipped(media.voice(media.audio_rate, media.audio_seconds))
+            return BadRecord(
+                manifest_line({**base, "audio": media.audio_path}),
+                {**files, media.audio_path: wav_bytes(voice, media.audio_rate)},
+            )
+        case RejectReason.AUDIO_TOO_SHORT:
+            voice = media.voice(media.audio_rate, _TOO_SHORT_SECONDS)
+            return BadRecord(
+                manifest_line({**base, "audio": media.audio_path}),
+                {**files, media.audio_path: wav_bytes(voice, media.audio_rate)},
+            )
+        case RejectReason.AUDIO_TOO_LONG:
+            # One voice note repeated: long, but cheap to make and small at 8 kHz.
+            voice = media.voice(_TOO_LONG_RATE, media.audio_seconds)
+            repeats = int(np.ceil(_TOO_LONG_SECONDS / media.audio_seconds))
+            long_voice = np.tile(voice, repeats)[: round(_TOO_LONG_SECONDS * _TOO_LONG_RATE)]
+            return BadRecord(
+                manifest_line({**base, "audio": media.audio_path}),
+                {**files, media.audio_path: wav_bytes(long_voice, _TOO_LONG_RATE)},
+            )
+        case RejectReason.LABEL_MISSING:
+            if rng.random() < 0.5:
+                return BadRecord(manifest_line({**base, "labels": None}), files)
+            return BadRecord(manifest_line({k: v for k, v in base.items() if k != "labels"}), files)
+        case RejectReason.LABEL_UNKNOWN_CLASS:
+            wrong = {"sentiment": "furious"} if rng.random() < 0.5 else {"category": "toaster"}
+            return BadRecord(manifest_line({**base, "labels": {**base["labels"], **wrong}}), files)
+        case RejectReason.LABEL_WRONG_TYPE:
+            wrong = {"damaged": "yes"} if rng.random() < 0.5 else {"sentiment": 3}
+            return BadRecord(manifest_line({**base, "labels": {**base["labels"], **wrong}}), files)
+    raise ValueError(f"no bad record for reject reason {reason!r}")

@@ -1,0 +1,271 @@
+"""Publish a model version's embeddings and predictions to the feature store.
+
+1. Score every item of the model's snapshot: one embedding per modality (items that
+   have it), the fused embedding, and the fused predictions.
+2. Write them as Parquet to the offline store in object storage, one committed prefix
+   per model version: `s3://<lake>/features/<dataset>/v<version>/` (idempotent: a
+   version already published is not scored again, and keeps its timestamp).
+3. Deploy the repository (definitions + the profile's feature_store.yaml) to
+   `<home>/feast/repo`, gather every published version there, `apply`, and
+   materialise to the online store, so `get_online_features` returns the vectors.
+The serving catalogue is built from the same Parquet files (`published_vectors`), so
+search results and the feature store never disagree.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import string
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from dualmedia.settings import Settings
+from dualmedia.storage import ObjectStore, S3Uri
+
+REPO_SOURCE = Path(__file__).resolve().parent
+VIEWS = ("text_embedding", "image_embedding", "audio_embedding", "fused_embedding")
+PREDICTIONS_VIEW = "item_predictions"
+
+
+def features_prefix(settings: Settings, dataset: str, version: str) -> S3Uri:
+    return S3Uri(settings.lake_bucket, f"features/{dataset}/v{version}")
+
+
+def repo_dir(settings: Settings) -> Path:
+    return settings.home_dir / "feast" / "repo"
+
+
+# ---- scoring --------------------------------------------------------------------------------
+def score_snapshot(model: Any, arrays: Any, version: str, at: datetime) -> dict[str, pd.DataFrame]:
+    """Rows of every feature view for a snapshot's items, scored by `model`."""
+    import torch
+
+    from training.evaluate import embed_split
+
+    embedded = embed_split(model, arrays)
+    embeddings: dict[str, torch.Tensor] = embedded["embeddings"]
+    present: dict[str, torch.Tensor] = embedded["present"]
+    with torch.inference_mode():
+        out = model.fusion(embeddings, present)
+    gates = out.gates.float()
+    stacked = torch.stack([embeddings[m] for m in model.modalities], dim=1)  # B x M x D
+    mask = torch.stack([present[m] for m in model.modalities], dim=1).float()
+    weights = gates * mask
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-9)
+    fused = torch.nn.functional.normalize((stacked * weights.unsqueeze(-1)).sum(dim=1), dim=1)
+    ids = list(arrays.ids)
+    frames: dict[str, pd.DataFrame] = {}
+    for m in model.modalities:
+        rows = present[m].numpy()
+        frames[f"{m}_embedding"] = pd.DataFrame(
+            {
+                "item_id": [i for i, keep in zip(ids, rows, strict=True) if keep],
+                f"{m}_embedding": list(embeddings[m].numpy()[rows].astype(np.float32)),
+            }
+        )
+    frames["fused_embedding"] = pd.DataFrame(
+        {"item_id": ids, "fused_embedding": list(fused.numpy().astype(np.float32))}
+    )
+    probs = {name: torch.softmax(v.float(), dim=1).numpy() for name, v in out.logits.items()}
+    predictions = []
+    for i in range(len(ids)):
+        item = {}
+        for name, classes in model.classes.items():
+            p = probs[name][i]
+            item[name] = {
+                "class": classes[int(p.argmax())],
+                "probabilities": {c: round(float(x), 5) for c, x in zip(classes, p, strict=True)},
+            }
+        predictions.append(json.dumps(item, sort_keys=True))
+    frames[PREDICTIONS_VIEW] = pd.DataFrame({"item_id": ids, "predictions": predictions})
+    for frame in frames.values():
+        frame["event_timestamp"] = pd.Timestamp(at)
+        frame["model_version"] = version
+    return frames
+
+
+# ---- the offline store in object storage -----------------------------------------------------
+def write_offline(
+    store: ObjectStore, prefix: S3Uri, frames: dict[str, pd.DataFrame], metadata: dict[str, Any]
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="dualmedia-features-") as tmp:
+        for view, frame in frames.items():
+            frame.to_parquet(Path(tmp) / f"{view}.parquet", index=False)
+        store.publish_dir(Path(tmp), prefix, metadata=metadata)
+
+
+def read_offline(store: ObjectStore, prefix: S3Uri, view: str) -> pd.DataFrame:
+    data = store.read_bytes(prefix.join(f"{view}.parquet"))
+    return pq.read_table(io.BytesIO(data)).to_pandas()
+
+
+def published_vectors(settings: Settings, dataset: str, version: str) -> dict[str, Any]:
+    """What a version published: per modality ids and vectors, and item texts' ids.
+    The serving catalogue is built from exactly these vectors."""
+    store = ObjectStore(settings)
+    prefix = features_prefix(settings, dataset, version)
+    store.committed_manifest(prefix)  # refuses an unpublished or half-written version
+    ids: dict[str, list[str]] = {}
+    vectors: dict[str, np.ndarray] = {}
+    for view in VIEWS:
+        modality = view.removesuffix("_embedding")
+        if modality == "fused":
+            continue
+        try:
+            frame = read_offline(store, prefix, view)
+        except Exception:  # a model without that modality published no such view
+            continue
+        ids[modality] = frame["item_id"].tolist()
+        vectors[modality] = np.stack(frame[view].to_numpy()).astype(np.float32)
+    return {"ids": ids, "vectors": vectors}
+
+
+# ---- the Feast repository -------------------------------------------------------------------
+def deploy_repo(settings: Settings) -> Path:
+    """Copy the declarative repository to the state folder with the profile's YAML."""
+    target = repo_dir(settings)
+    (target / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_SOURCE / "definitions.py", target / "definitions.py")
+    name = (
+        "feature_store.yaml"
+        if settings.feast_profile == "local"
+        else "feature_store.production.yaml"
+    )
+    template = string.Template((REPO_SOURCE / name).read_text(encoding="utf-8"))
+    rendered = template.substitute(
+        project=settings.feast_project, redis=settings.feast_redis.get_secret_value()
+    )
+    (target / "feature_store.yaml").write_text(rendered, encoding="utf-8")
+    return target
+
+
+def feature_store(settings: Settings) -> Any:
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(deploy_repo(settings)))
+
+
+def feast_objects() -> list[Any]:
+    from feature_repo import definitions as d
+
+    return [
+        d.item,
+        d.text_embedding,
+        d.image_embedding,
+        d.audio_embedding,
+        d.fused_embedding,
+        d.item_predictions,
+    ]
+
+
+def _gather_offline(
+    settings: Settings, dataset: str, target: Path, current: str
+) -> tuple[datetime, datetime]:
+    """Every published version of the dataset, one Parquet file per view in the repo.
+
+    The version being published is stamped with the time of this call: the online store
+    keeps each item's latest row, so the version published last (the champion, or the
+    one rolled back to) is the one online, whatever order the versions were scored in."""
+    now = pd.Timestamp(datetime.now(UTC).replace(microsecond=0))
+    store = ObjectStore(settings)
+    base = S3Uri(settings.lake_bucket, f"features/{dataset}")
+    versions = [v for v in store.list_prefixes(base) if store.is_committed(base.join(v))]
+    stamps = []
+    for view in (*VIEWS, PREDICTIONS_VIEW):
+        parts = []
+        for version in versions:
+            try:
+                part = read_offline(store, base.join(version), view)
+            except Exception:
+                continue
+            if version == f"v{current}":
+                part["event_timestamp"] = now
+            parts.append(part)
+        if parts:
+            frame = pd.concat(parts, ignore_index=True)
+            stamps += [frame["event_timestamp"].min(), frame["event_timestamp"].max()]
+            frame.to_parquet(target / "data" / f"{view}.parquet", index=False)
+    return min(stamps).to_pydatetime(), max(stamps).to_pydatetime()
+
+
+# ---- the step -------------------------------------------------------------------------------
+def publish(name: str, version: str, settings: Settings) -> dict[str, Any]:
+    """Score, write the offline store, apply and materialise (see module doc)."""
+    store = ObjectStore(settings)
+    model_info = _load_registered(name, version, settings)
+    dataset = model_info["dataset"]
+    prefix = features_prefix(settings, dataset, version)
+    if store.is_committed(prefix):
+        marker = store.committed_manifest(prefix)
+        reused = True
+    else:
+        from dualmedia.snapshot import Snapshot
+
+        snapshot = Snapshot(store, model_info["snapshot_uri"])
+        at = datetime.now(UTC).replace(microsecond=0)
+        frames = score_snapshot(model_info["model"], snapshot.arrays(), version, at)
+        metadata = {
+            "model": name,
+            "version": version,
+            "snapshot_id": snapshot.id,
+            "published_at": at.isoformat(),
+            "rows": {view: len(frame) for view, frame in frames.items()},
+        }
+        write_offline(store, prefix, frames, metadata)
+        marker = store.committed_manifest(prefix)
+        reused = False
+    target = deploy_repo(settings)
+    start, end = _gather_offline(settings, dataset, target, version)
+    fs = feature_store(settings)
+    fs.apply(feast_objects())
+    fs.materialize(start_date=start - timedelta(seconds=1), end_date=end + timedelta(seconds=1))
+    return {
+        "offline_uri": str(prefix),
+        "repo": str(target),
+        "feature_views": [*VIEWS, PREDICTIONS_VIEW],
+        "model_version": version,
+        "rows": marker["metadata"]["rows"],
+        "published_at": marker["metadata"]["published_at"],
+        "reused": reused,
+        "online_store": settings.feast_profile,
+    }
+
+
+def online_features(settings: Settings, item_ids: list[str]) -> list[dict[str, Any]]:
+    """Every feature of some items from the online store (vectors as lists)."""
+    fs = feature_store(settings)
+    features = [f"{v}:{v}" for v in VIEWS] + [f"{PREDICTIONS_VIEW}:predictions"]
+    features.append("fused_embedding:model_version")
+    table = fs.get_online_features(
+        features=features, entity_rows=[{"item_id": i} for i in item_ids], full_feature_names=True
+    ).to_dict()
+    rows = []
+    for k, item_id in enumerate(table["item_id"]):
+        row: dict[str, Any] = {"item_id": item_id}
+        for view in VIEWS:
+            row[view] = table[f"{view}__{view}"][k]
+        raw = table[f"{PREDICTIONS_VIEW}__predictions"][k]
+        row["predictions"] = json.loads(raw) if raw else None
+        row["model_version"] = table["fused_embedding__model_version"][k]
+        rows.append(row)
+    return rows
+
+
+def _load_registered(name: str, version: str, settings: Settings) -> dict[str, Any]:
+    """The registered model version, its snapshot and dataset."""
+    from training.registry import TAG_SNAPSHOT_URI, load_registered_model
+
+    model, tags = load_registered_model(name, version, settings)
+    return {
+        "model": model,
+        "snapshot_uri": tags[TAG_SNAPSHOT_URI],
+        "dataset": model.spec.name,
+    }

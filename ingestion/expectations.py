@@ -1,0 +1,229 @@
+"""The Great Expectations suite and checkpoint, as code, over a batch's record table.
+
+The record table holds one row per accepted record: id, modality presence, the
+sizes the bounds apply to, and each label as its class name. The suite is built from
+the dataset's label schema and the ingestion config, never from hard-coded labels.
+Every run renders Data Docs (HTML) into a folder that ingestion uploads to S3.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dualmedia.contract import BinaryLabel, DatasetSpec, Modality
+from ingestion.config import IngestConfig
+
+SITE = "dualmedia"
+
+
+@dataclass
+class FailedExpectation:
+    expectation: str
+    column: str | None
+    observed: Any
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "expectation": self.expectation,
+            "column": self.column,
+            "observed": self.observed,
+            **self.detail,
+        }
+
+
+@dataclass
+class SuiteOutcome:
+    batch: str
+    success: bool
+    evaluated: int
+    failed: list[FailedExpectation]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "success": self.success,
+            "evaluated": self.evaluated,
+            "failed": [f.to_dict() for f in self.failed],
+        }
+
+
+def record_table(rows: list[dict[str, Any]], spec: DatasetSpec) -> pd.DataFrame:
+    """The table the suite validates, from accepted snapshot rows (media left out)."""
+    columns: dict[str, list[Any]] = {
+        "id": [r["id"] for r in rows],
+        "text_length": [r.get("text_length") for r in rows],
+        "image_width": [r.get("image_width") for r in rows],
+        "image_height": [r.get("image_height") for r in rows],
+        "audio_duration_s": [r.get("audio_duration_s") for r in rows],
+    }
+    for m, key in ((Modality.TEXT, "text"), (Modality.IMAGE, "image"), (Modality.AUDIO, "audio")):
+        columns[f"has_{m.value}"] = [r.get(key) is not None for r in rows]
+    for name, label in spec.labels.items():
+        classes = label.classes
+        columns[f"label_{name}"] = [
+            None if r.get(f"label__{name}") is None else classes[r[f"label__{name}"]] for r in rows
+        ]
+    df = pd.DataFrame(columns)
+    for col in ("text_length", "image_width", "image_height", "audio_duration_s"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    return df
+
+
+def build_suite(spec: DatasetSpec, config: IngestConfig, n_rows: int) -> Any:
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    suite = gx.ExpectationSuite(name=f"{spec.name}-records")
+    add = suite.add_expectation
+    add(gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=None))
+    base_columns = ["id", "text_length", "image_width", "image_height", "audio_duration_s"]
+    for col in base_columns + [f"has_{m.value}" for m in Modality]:
+        add(gxe.ExpectColumnToExist(column=col))
+    add(gxe.ExpectColumnValuesToBeOfType(column="id", type_="object"))
+    add(gxe.ExpectColumnValuesToNotBeNull(column="id"))
+    add(gxe.ExpectColumnValuesToBeUnique(column="id"))
+    for col in ("text_length", "image_width", "image_height", "audio_duration_s"):
+        add(gxe.ExpectColumnValuesToBeOfType(column=col, type_="float64"))
+    # Null rate per declared modality (a missing modality leaves its size column null).
+    size_of = {
+        Modality.TEXT: "text_length",
+        Modality.IMAGE: "image_width",
+        Modality.AUDIO: "audio_duration_s",
+    }
+    for modality in spec.modalities:
+        add(
+            gxe.ExpectColumnValuesToNotBeNull(
+                column=size_of[modality],
+                mostly=round(1.0 - config.max_missing_rate, 6),
+                meta={"check": "missing_rate", "modality": modality.value},
+            )
+        )
+    add(
+        gxe.ExpectColumnValuesToBeBetween(
+            column="text_length", min_value=1, max_value=config.max_text_chars
+        )
+    )
+    for col in ("image_width", "image_height"):
+        add(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=col, min_value=config.min_image_side, max_value=config.max_image_side
+            )
+        )
+    add(
+        gxe.ExpectColumnValuesToBeBetween(
+            column="audio_duration_s", min_value=config.min_audio_s, max_value=config.max_audio_s
+        )
+    )
+    for name, label in spec.labels.items():
+        col = f"label_{name}"
+        add(gxe.ExpectColumnToExist(column=col))
+        domain = label.classes
+        add(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=domain))
+        if n_rows < config.balance_min_records:
+            continue
+        # Class balance: each class's share (over labelled rows) within [min, max].
+        for cls in domain:
+            add(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=col,
+                    value_set=[cls],
+                    mostly=config.min_class_share,
+                    meta={"check": "class_share_min", "label": name, "class": cls},
+                )
+            )
+            add(
+                gxe.ExpectColumnValuesToNotBeInSet(
+                    column=col,
+                    value_set=[cls],
+                    mostly=round(1.0 - config.max_class_share, 6),
+                    meta={"check": "class_share_max", "label": name, "class": cls},
+                )
+            )
+        if not isinstance(label, BinaryLabel):
+            add(gxe.ExpectColumnDistinctValuesToContainSet(column=col, value_set=domain))
+    return suite
+
+
+class Validator:
+    """One GX context per ingestion run; each batch is one checkpoint run; the Data
+    Docs site in `docs_dir` accumulates them all."""
+
+    def __init__(self, docs_dir: Path) -> None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.docs_dir = Path(docs_dir).resolve()
+        self.docs_dir.mkdir(parents=True, exist_ok=True)
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(
+            globally=False, metric_calculations=False
+        )
+        # The ephemeral context pre-creates a site in a random temp folder: replace it.
+        for site in list(self.context.list_data_docs_sites()):
+            self.context.delete_data_docs_site(site)
+        self.context.add_data_docs_site(
+            site_name=SITE,
+            site_config={
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(self.docs_dir),
+                },
+            },
+        )
+        self.datasource = self.context.data_sources.add_pandas(name="records")
+
+    def validate(
+        self, batch: str, table: pd.DataFrame, spec: DatasetSpec, config: IngestConfig
+    ) -> SuiteOutcome:
+        import great_expectations as gx
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        asset = self.datasource.add_dataframe_asset(name=batch)
+        batch_definition = asset.add_batch_definition_whole_dataframe(name=f"{batch}-all")
+        suite = build_suite(spec, config, len(table))
+        suite.name = f"{spec.name}-{batch}"
+        suite = self.context.suites.add(suite)
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate-{batch}", data=batch_definition, suite=suite)
+        )
+        checkpoint = self.context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"checkpoint-{batch}",
+                validation_definitions=[definition],
+                actions=[UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
+            )
+        )
+        result = checkpoint.run(batch_parameters={"dataframe": table})
+        failed: list[FailedExpectation] = []
+        evaluated = 0
+        for validation in result.run_results.values():
+            evaluated += validation.statistics["evaluated_expectations"]
+            for r in validation.results:
+                if r.success:
+                    continue
+                cfg = r.expectation_config
+                res = r.result or {}
+                observed = res.get("observed_value")
+                if observed is None and "unexpected_percent" in res:
+                    observed = f"{res['unexpected_percent']:.2f}% unexpected"
+                failed.append(
+                    FailedExpectation(
+                        cfg.type, cfg.kwargs.get("column"), observed, dict(cfg.meta or {})
+                    )
+                )
+        return SuiteOutcome(batch, bool(result.success), evaluated, failed)
+
+    def index(self) -> Path:
+        self.context.build_data_docs(site_names=[SITE])
+        return self.docs_dir / "index.html"

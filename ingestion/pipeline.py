@@ -1,0 +1,427 @@
+"""Ingestion as three idempotent steps: plan (pull) → validate → publish the snapshot.
+
+Each step is a plain function taking and returning URIs and small summaries, so the
+DAG passes only references through XCom and the CLI runs the three in a row. State
+between steps lives in object storage under the run prefix
+`s3://<lake>/ingest-runs/<dataset>/<snapshot_id>/`:
+
+    plan.json            what to do: batches, which are new, the snapshot id
+    records/<batch>/     accepted rows of new batches (Parquet shards)
+    quarantine/<batch>.jsonl   rejected lines with reason and message
+    data_docs/           Great Expectations Data Docs
+    validated.json       the validation summary (written last: the step is done)
+
+The snapshot id is a content hash of the dataset spec, every batch's objects, the
+ingestion bounds and the preprocessing: unchanged input gives the same id, and a
+snapshot that already exists is returned without any work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from dualmedia.contract import DatasetSpec, parse_dataset_spec
+from dualmedia.settings import Settings
+from dualmedia.snapshot import (
+    SPLITS,
+    Snapshot,
+    SnapshotInfo,
+    latest_snapshot,
+    record_schema,
+    snapshot_prefix,
+)
+from dualmedia.storage import ObjectStore, S3Uri
+from ingestion.checks import ParsedRecord, Rejection, check_media, parse_line
+from ingestion.config import IngestConfig
+from ingestion.expectations import SuiteOutcome, Validator, record_table
+from ingestion.shards import ShardWriter
+from ingestion.source import Batch, DatasetSource
+
+# Bump when decoding or preprocessing changes: old snapshots then stop matching.
+PREPROCESS_VERSION = "1"
+CHUNK = 64  # records whose media are fetched concurrently
+
+Progress = Callable[[int], None]
+
+
+class IngestError(RuntimeError):
+    """Ingestion refused the data; the message says why and where the reports are."""
+
+
+def _hash(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def run_prefix(lake_bucket: str, dataset: str, snapshot_id: str) -> S3Uri:
+    return S3Uri(lake_bucket, f"ingest-runs/{dataset}/{snapshot_id}")
+
+
+# ---- step 1: plan ------------------------------------------------------------------------
+def plan_ingest(
+    dataset_uri: str, settings: Settings, config: IngestConfig | None = None
+) -> dict[str, Any]:
+    """Read the dataset's spec and batch listing (no records), work out the snapshot id
+    and what is new since the last snapshot. Fails before reading anything else when
+    `dataset.yaml` is missing or invalid."""
+    config = config or IngestConfig()
+    store = ObjectStore(settings)
+    source = DatasetSource(store, dataset_uri)
+    spec_text = source.spec_text()
+    spec = parse_dataset_spec(spec_text, where=str(source.uri.join("dataset.yaml")))
+    batches = source.batches()
+    if not batches:
+        raise IngestError(f"{source.uri}: no batch found (a batch is a folder with manifest.jsonl)")
+    # The source location is part of the recipe: two raw datasets that share a name
+    # never share snapshots.
+    recipe = _hash(str(source.uri), spec_text, config.content_key(), PREPROCESS_VERSION)[:16]
+    fingerprints = {b.name: b.fingerprint for b in batches}
+    snapshot_id = _hash(recipe, fingerprints)[:16]
+    target = snapshot_prefix(settings.lake_bucket, spec.name, snapshot_id)
+    run = run_prefix(settings.lake_bucket, spec.name, snapshot_id)
+    previous = latest_snapshot(store, settings.lake_bucket, spec.name, recipe=recipe)
+    carried: list[str] = []
+    if previous is not None:
+        carried = [b for b, fp in fingerprints.items() if previous.info.batches.get(b) == fp]
+    new_batches = sorted(set(fingerprints) - set(carried))
+    by_name = {b.name: b for b in batches}
+    new_records = sum(
+        sum(1 for line in source.manifest_lines(by_name[n]) if line.strip()) for n in new_batches
+    )
+    plan = {
+        "dataset": spec.name,
+        "dataset_uri": str(source.uri),
+        "snapshot_id": snapshot_id,
+        "snapshot_uri": str(target),
+        "run_uri": str(run),
+        "recipe": recipe,
+        "batches": fingerprints,
+        "new_batches": new_batches,
+        "new_records": new_records,
+        "carried_batches": sorted(carried),
+        "previous_snapshot_uri": str(previous.uri) if previous and carried else None,
+        "up_to_date": store.is_committed(target),
+        "config": config.model_dump(mode="json"),
+        "spec_text": spec_text,
+    }
+    store.write_json(run.join("plan.json"), plan)
+    return {
+        "plan_uri": str(run.join("plan.json")),
+        "snapshot_id": snapshot_id,
+        "snapshot_uri": str(target),
+        "up_to_date": plan["up_to_date"],
+        "new_batches": plan["new_batches"],
+        "new_records": new_records,
+        "carried_batches": plan["carried_batches"],
+    }
+
+
+def _load_plan(store: ObjectStore, plan_uri: str) -> dict[str, Any]:
+    return json.loads(store.read_text(plan_uri))
+
+
+# ---- step 2: validate --------------------------------------------------------------------
+def validate_batches(
+    plan_uri: str,
+    settings: Settings,
+    progress: Progress | None = None,
+    docs_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Check every record of the new batches, quarantine the bad ones with a reason, run
+    the Great Expectations suite per batch, and stage accepted rows for the snapshot.
+
+    Raises IngestError when a batch rejects more than the configured share of records
+    or fails its suite; the quarantine and Data Docs are written either way."""
+    store = ObjectStore(settings)
+    plan = _load_plan(store, plan_uri)
+    run = S3Uri.parse(plan["run_uri"])
+    done = run.join("validated.json")
+    if plan["up_to_date"] or store.exists(done):
+        summary = json.loads(store.read_text(done)) if store.exists(done) else {"status": "ok"}
+        return {**summary, "skipped": True}
+    config = IngestConfig.model_validate(plan["config"])
+    spec = parse_dataset_spec(plan["spec_text"])
+    source = DatasetSource(store, plan["dataset_uri"])
+    batches = {b.name: b for b in source.batches()}
+    changed = [
+        name
+        for name in plan["new_batches"]
+        if name not in batches or batches[name].fingerprint != plan["batches"][name]
+    ]
+    if changed:
+        raise IngestError(
+            f"{plan['dataset_uri']}: batches {changed} changed since planning; run the plan again"
+        )
+    seen_ids = _carried_ids(store, plan)
+    docs_dir = Path(docs_dir) if docs_dir else None
+    with tempfile.TemporaryDirectory(prefix="dualmedia-ingest-") as tmp:
+        work = Path(tmp)
+        validator = Validator(docs_dir or work / "data_docs")
+        per_batch = []
+        for name in plan["new_batches"]:
+            per_batch.append(
+                _validate_batch(
+                    batches[name], source, spec, config, seen_ids, work, validator, progress
+                )
+            )
+        docs_index = validator.index()
+        store.upload_dir(work / "records", run.join("records"), skip_unchanged=False)
+        store.upload_dir(work / "quarantine", run.join("quarantine"), skip_unchanged=False)
+        store.upload_dir(validator.docs_dir, run.join("data_docs"), skip_unchanged=False)
+    problems = [p for b in per_batch for p in b["problems"]]
+    summary = {
+        "status": "failed" if problems else "ok",
+        "dataset": plan["dataset"],
+        "snapshot_id": plan["snapshot_id"],
+        "batches": per_batch,
+        "read": sum(b["read"] for b in per_batch),
+        "accepted": sum(b["accepted"] for b in per_batch),
+        "quarantined": sum(b["quarantined"] for b in per_batch),
+        "reasons": dict(sum((Counter(b["reasons"]) for b in per_batch), Counter())),
+        "quarantine_uri": str(run.join("quarantine")),
+        "data_docs_uri": str(run.join("data_docs", "index.html")),
+        "data_docs_local": str(docs_index) if docs_dir else None,
+        "problems": problems,
+    }
+    if problems:
+        store.write_json(run.join("validation-failed.json"), summary)
+        raise IngestError(
+            "ingestion refused the data: "
+            + "; ".join(problems)
+            + f". Quarantine: {summary['quarantine_uri']}; Data Docs: {summary['data_docs_uri']}"
+        )
+    store.write_json(done, summary)
+    return summary
+
+
+def _carried_ids(store: ObjectStore, plan: dict[str, Any]) -> set[str]:
+    """Ids of records kept from the previous snapshot (for duplicate detection)."""
+    if not plan["previous_snapshot_uri"]:
+        return set()
+    carried = set(plan["carried_batches"])
+    previous = Snapshot(store, plan["previous_snapshot_uri"])
+    ids: set[str] = set()
+    for table in previous.iter_tables(columns=["id", "batch"]):
+        for record_id, batch in zip(
+            table.column("id").to_pylist(), table.column("batch").to_pylist(), strict=True
+        ):
+            if batch in carried:
+                ids.add(record_id)
+    return ids
+
+
+def _validate_batch(
+    batch: Batch,
+    source: DatasetSource,
+    spec: DatasetSpec,
+    config: IngestConfig,
+    seen_ids: set[str],
+    work: Path,
+    validator: Validator,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    writer = ShardWriter(work / "records" / batch.name, record_schema(spec), config.shard_rows)
+    quarantine_path = work / "quarantine" / f"{batch.name}.jsonl"
+    quarantine_path.parent.mkdir(parents=True, exist_ok=True)
+    reasons: Counter[str] = Counter()
+    table_rows: list[dict[str, Any]] = []  # metadata only (no media): small
+    read = 0
+
+    def outcomes() -> Iterator[dict[str, Any] | Rejection]:
+        nonlocal read
+        lines = (
+            (n, raw) for n, raw in enumerate(source.manifest_lines(batch), start=1) if raw.strip()
+        )
+        with ThreadPoolExecutor(max_workers=config.fetch_workers) as pool:
+            while chunk := list(islice(lines, CHUNK)):
+                read += len(chunk)
+                parsed = [parse_line(raw, n, spec, config, seen_ids) for n, raw in chunk]
+                futures = [
+                    pool.submit(check_media, p, batch, source, spec, config)
+                    if isinstance(p, ParsedRecord)
+                    else None
+                    for p in parsed
+                ]
+                for p, future in zip(parsed, futures, strict=True):
+                    yield future.result() if future is not None else p
+                if progress:
+                    progress(len(chunk))
+
+    with open(quarantine_path, "w", encoding="utf-8") as quarantine:
+        for outcome in outcomes():
+            if isinstance(outcome, Rejection):
+                reasons[outcome.reason.value] += 1
+                quarantine.write(json.dumps(outcome.to_dict(batch.name), ensure_ascii=False) + "\n")
+            else:
+                writer.add(outcome)
+                table_rows.append({k: v for k, v in outcome.items() if k not in ("image", "audio")})
+                table_rows[-1]["image"] = True if outcome["image"] is not None else None
+                table_rows[-1]["audio"] = True if outcome["audio"] is not None else None
+    writer.close()
+    accepted = writer.written
+    quarantined = sum(reasons.values())
+    assert accepted + quarantined == read, "every record read is accepted or quarantined"
+    problems = []
+    reject_rate = quarantined / read if read else 0.0
+    if reject_rate > config.max_reject_rate:
+        problems.append(
+            f"batch {batch.name!r} rejected {quarantined} of {read} records "
+            f"({reject_rate:.0%} > the {config.max_reject_rate:.0%} allowed)"
+        )
+    suite: SuiteOutcome | None = None
+    if accepted:
+        suite = validator.validate(batch.name, record_table(table_rows, spec), spec, config)
+        if not suite.success:
+            failed = ", ".join(
+                f"{f.expectation}({f.column}){' ' + json.dumps(f.detail) if f.detail else ''}"
+                for f in suite.failed
+            )
+            problems.append(
+                f"batch {batch.name!r} failed {len(suite.failed)} expectations: {failed}"
+            )
+    elif read:
+        problems.append(f"batch {batch.name!r} has no acceptable record")
+    return {
+        "batch": batch.name,
+        "read": read,
+        "accepted": accepted,
+        "quarantined": quarantined,
+        "reject_rate": round(reject_rate, 4),
+        "reasons": dict(sorted(reasons.items())),
+        "expectations": suite.to_dict() if suite else None,
+        "problems": problems,
+    }
+
+
+# ---- step 3: publish the snapshot -------------------------------------------------------
+def publish_snapshot(plan_uri: str, settings: Settings) -> dict[str, Any]:
+    """Assemble carried-over and newly validated rows into the snapshot and publish it
+    atomically (nothing is visible until the commit marker is written)."""
+    store = ObjectStore(settings)
+    plan = _load_plan(store, plan_uri)
+    target = S3Uri.parse(plan["snapshot_uri"])
+    run = S3Uri.parse(plan["run_uri"])
+    if store.is_committed(target):
+        summary = json.loads(store.read_text(target.join("summary.json")))
+        return {**summary, "reused": True}
+    validated_uri = run.join("validated.json")
+    if not store.exists(validated_uri):
+        raise IngestError(f"{plan['run_uri']}: not validated yet; run the validate step first")
+    validated = json.loads(store.read_text(validated_uri))
+    spec = parse_dataset_spec(plan["spec_text"])
+    config = IngestConfig.model_validate(plan["config"])
+    schema = record_schema(spec)
+    with tempfile.TemporaryDirectory(prefix="dualmedia-snapshot-") as tmp:
+        out = Path(tmp) / "snapshot"
+        writer = ShardWriter(out / "records", schema, config.shard_rows)
+        quarantine_lines: list[str] = []
+        carried_read = carried_quarantined = 0
+        if plan["previous_snapshot_uri"]:
+            previous = Snapshot(store, plan["previous_snapshot_uri"])
+            carried = set(plan["carried_batches"])
+            for table in previous.iter_tables():
+                mask = [b in carried for b in table.column("batch").to_pylist()]
+                kept = table.filter(mask)
+                writer.add_table(kept.select(schema.names).cast(schema))
+                carried_read += kept.num_rows
+            for line in _previous_quarantine(store, previous):
+                if json.loads(line)["batch"] in carried:
+                    quarantine_lines.append(line)
+                    carried_quarantined += 1
+        carried_accepted = carried_read
+        for batch in plan["new_batches"]:
+            for obj in store.list(run.join("records", batch)):
+                data = store.read_bytes(S3Uri(run.bucket, obj.key))
+                writer.add_table(pq.read_table(io.BytesIO(data)).cast(schema))
+            q = run.join("quarantine", f"{batch}.jsonl")
+            if store.exists(q):
+                quarantine_lines += [x for x in store.read_text(q).splitlines() if x.strip()]
+        writer.close()
+        split_counts = _split_counts(writer.paths)
+        (out / "quarantine").mkdir(parents=True)
+        (out / "quarantine" / "quarantine.jsonl").write_text(
+            "".join(line + "\n" for line in quarantine_lines), encoding="utf-8"
+        )
+        store.download_dir(run.join("data_docs"), out / "data_docs")
+        (out / "dataset.yaml").write_text(plan["spec_text"], encoding="utf-8")
+        info = SnapshotInfo(
+            snapshot_id=plan["snapshot_id"],
+            dataset=plan["dataset"],
+            source_uri=plan["dataset_uri"],
+            media=config.media.to_dict(),
+            batches=plan["batches"],
+            counts=split_counts,
+            created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+            recipe=plan["recipe"],
+        )
+        (out / "snapshot.json").write_text(json.dumps(info.to_dict(), indent=2))
+        reasons = Counter(validated.get("reasons", {}))
+        for line in quarantine_lines[:carried_quarantined]:
+            reasons[json.loads(line)["reason"]] += 1
+        summary = {
+            "status": "ok",
+            "dataset": plan["dataset"],
+            "snapshot_id": plan["snapshot_id"],
+            "snapshot_uri": str(target),
+            "new_batches": plan["new_batches"],
+            "carried_batches": plan["carried_batches"],
+            "read": validated.get("read", 0) + carried_accepted + carried_quarantined,
+            "accepted": split_counts["total"],
+            "quarantined": len(quarantine_lines),
+            "reasons": dict(sorted(reasons.items())),
+            "splits": {k: v for k, v in split_counts.items() if k != "total"},
+            "data_docs_uri": str(target.join("data_docs", "index.html")),
+            "data_docs_local": validated.get("data_docs_local"),
+            "quarantine_uri": str(target.join("quarantine", "quarantine.jsonl")),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        store.publish_dir(out, target, metadata={"snapshot_id": plan["snapshot_id"]})
+    return {**summary, "reused": False}
+
+
+def _previous_quarantine(store: ObjectStore, previous: Snapshot) -> list[str]:
+    uri = previous.uri.join("quarantine", "quarantine.jsonl")
+    if not store.exists(uri):
+        return []
+    return [line for line in store.read_text(uri).splitlines() if line.strip()]
+
+
+def _split_counts(paths: list[Path]) -> dict[str, int]:
+    counts = dict.fromkeys(SPLITS, 0)
+    for path in paths:
+        for split in pq.read_table(path, columns=["split"]).column("split").to_pylist():
+            counts[split] += 1
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+# ---- all three ---------------------------------------------------------------------------
+def ingest(
+    dataset_uri: str,
+    settings: Settings,
+    config: IngestConfig | None = None,
+    progress: Progress | None = None,
+    docs_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Plan, validate and publish in one go (what `dualmedia ingest` runs)."""
+    plan = plan_ingest(dataset_uri, settings, config)
+    if plan["up_to_date"]:
+        store = ObjectStore(settings)
+        summary = json.loads(
+            store.read_text(S3Uri.parse(plan["snapshot_uri"]).join("summary.json"))
+        )
+        return {**summary, "reused": True}
+    validate_batches(plan["plan_uri"], settings, progress=progress, docs_dir=docs_dir)
+    return publish_snapshot(plan["plan_uri"], settings)

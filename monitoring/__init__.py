@@ -1,0 +1,1 @@
+"""Monitoring: drift and data-quality reports with Evidently, and the retrain decision."""

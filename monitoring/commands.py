@@ -1,0 +1,77 @@
+"""`dualmedia monitor`: judge drift, keep the report, trigger retraining."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+from dualmedia.console import JsonOpt, emit, out
+from dualmedia.settings import get_settings
+
+
+def monitor_command(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Registered model (default: DUALMEDIA_MODEL_NAME)."),
+    ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(
+            help="Judge this raw batch (scored by the champion) instead of served traffic."
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset prefix holding --batch (default: the champion's dataset)."),
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Served traffic since this UTC time (ISO 8601).")
+    ] = None,
+    trigger: Annotated[
+        bool, typer.Option("--trigger/--no-trigger", help="Start retraining on drift.")
+    ] = True,
+    cooldown_minutes: Annotated[
+        float, typer.Option(min=0, help="No new trigger within this long of the last one.")
+    ] = 60.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the current window with the champion's training data (Evidently): embedding
+    drift per modality, prediction drift per label, raw fields and missing modalities.
+    The report is kept in S3, attached to the model's MLflow run and listed on an index
+    page; drift triggers the training DAG (with a cooldown)."""
+    from monitoring.drift import DriftConfig
+    from monitoring.monitor import run_monitor
+
+    settings = get_settings()
+    config = DriftConfig(cooldown_minutes=cooldown_minutes)
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_monitor(
+            settings, model or settings.model_name, batch=batch, dataset_uri=dataset,
+            since=since, config=config, trigger=trigger,
+        )  # fmt: skip
+    emit(result, as_json, _print_monitor)
+
+
+def _print_monitor(r: dict[str, Any]) -> None:
+    colour = "red" if r["verdict"] == "drift" else "green"
+    out.print(
+        f"[{colour}]{r['verdict']}[/] in {r['window']} ({r['n_current']} items) vs "
+        f"model v{r['model_version']}'s training data ({r['n_reference']} items)"
+    )
+    for reason in r["reasons"]:
+        out.print(f"  - {reason}")
+    out.print(f"report: {r['report_uri']}")
+    out.print(f"index:  file://{r['index']['local']}")
+    trigger = r["trigger"]
+    if trigger.get("triggered"):
+        out.print(f"retraining started: {trigger['dag_run_id']} ({trigger['url']})")
+    else:
+        out.print(f"no retraining: {trigger['why']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("monitor")(monitor_command)

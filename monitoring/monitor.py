@@ -1,0 +1,243 @@
+"""The monitoring step: judge the current window against the champion's training data,
+keep the report, and trigger retraining when drift is found.
+
+Reports live in object storage, one folder per run, with an index page listing them
+by time and verdict (`s3://<lake>/monitoring/<dataset>/index.html`, also rendered to
+`<home>/monitoring/<dataset>/index.html`), are attached to the champion's MLflow run,
+and are added to an Evidently workspace (`evidently ui --workspace <home>/evidently`).
+A drift verdict triggers the training DAG through Airflow's REST API, with a conf that
+says why; a cooldown keeps one drift from triggering a storm.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from dualmedia.settings import Settings
+from dualmedia.storage import ObjectStore, S3Uri
+from monitoring.drift import DriftConfig
+from monitoring.report import Verdict, Window, judge, render
+
+TRAINING_DAG = "multimodal_training"
+
+
+def monitoring_prefix(settings: Settings, dataset: str) -> S3Uri:
+    return S3Uri(settings.lake_bucket, f"monitoring/{dataset}")
+
+
+def run_monitor(
+    settings: Settings,
+    model_name: str,
+    *,
+    batch: str | None = None,
+    dataset_uri: str | None = None,
+    since: datetime | None = None,
+    config: DriftConfig | None = None,
+    trigger: bool = True,
+) -> dict[str, Any]:
+    """Judge a window (a raw `batch` of `dataset_uri`, or what was served since `since`)."""
+    from dualmedia.snapshot import Snapshot
+    from monitoring.window import batch_window, reference_window, served_window
+    from training.registry import TAG_SNAPSHOT_URI, champion_version, load_registered_model
+
+    config = config or DriftConfig()
+    version = champion_version(model_name, settings)
+    if version is None:
+        raise RuntimeError(f"{model_name}: no champion model to monitor yet")
+    model, tags = load_registered_model(model_name, version, settings)
+    store = ObjectStore(settings)
+    snapshot = Snapshot(store, tags[TAG_SNAPSHOT_URI])
+    dataset = snapshot.spec.name
+    reference = reference_window(model, snapshot, version)
+    if batch is not None:
+        current = batch_window(
+            model, dataset_uri or snapshot.info.source_uri, batch, settings, version
+        )
+        window_name = f"batch {batch}"
+    else:
+        current = served_window(settings, dataset, since=since)
+        window_name = f"served since {since.isoformat() if since else 'the start'}"
+    verdict = judge(reference, current, config)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    report_prefix = monitoring_prefix(settings, dataset).join("reports", stamp)
+    summary: dict[str, Any] = {
+        "time": stamp,
+        "dataset": dataset,
+        "model": model_name,
+        "model_version": version,
+        "window": window_name,
+        "verdict": "drift" if verdict.drifted else "no drift",
+        "reasons": verdict.reasons,
+        "scores": verdict.scores(),
+        "report_uri": str(report_prefix.join("report.html")),
+        "n_reference": verdict.n_reference,
+        "n_current": verdict.n_current,
+    }
+    _save_report(settings, store, reference, current, config, verdict, report_prefix, summary)
+    _attach_to_mlflow(settings, tags, report_prefix, summary)
+    summary["index"] = update_index(settings, dataset)
+    summary["workspace"] = _add_to_workspace(settings, dataset, report_prefix, store)
+    summary["trigger"] = decide_and_trigger(
+        settings, dataset, snapshot.info.source_uri, summary, config, trigger
+    )
+    store.write_json(report_prefix.join("summary.json"), summary)
+    return summary
+
+
+def _save_report(
+    settings: Settings,
+    store: ObjectStore,
+    reference: Window,
+    current: Window,
+    config: DriftConfig,
+    verdict: Verdict,
+    prefix: S3Uri,
+    summary: dict[str, Any],
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="dualmedia-drift-") as tmp:
+        folder = Path(tmp)
+        if len(current.frame) >= 10:
+            snapshot = render(reference, current, config, verdict)
+            snapshot.save_html(str(folder / "report.html"))
+            snapshot.save_json(str(folder / "report.json"))
+            (folder / "evidently_snapshot.json").write_text(snapshot.dumps())
+        else:
+            (folder / "report.html").write_text(
+                f"<html><body><h1>No report</h1><p>{html.escape('; '.join(verdict.reasons))}</p>"
+                "</body></html>"
+            )
+        (folder / "verdict.json").write_text(json.dumps({**summary, **verdict.to_dict()}, indent=2))
+        store.upload_dir(folder, prefix, skip_unchanged=False)
+
+
+def _attach_to_mlflow(
+    settings: Settings, tags: dict[str, str], prefix: S3Uri, summary: dict[str, Any]
+) -> None:
+    """The report and verdict become artifacts of the model's training run."""
+    from mlflow import MlflowClient
+
+    from training.registry import TAG_RUN
+
+    run_id = tags.get(TAG_RUN)
+    if not run_id:
+        return
+    store = ObjectStore(settings)
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    with tempfile.TemporaryDirectory(prefix="dualmedia-drift-mlflow-") as tmp:
+        for name in ("report.html", "verdict.json"):
+            if store.exists(prefix.join(name)):
+                store.download_file(prefix.join(name), Path(tmp) / name)
+        client.log_artifacts(run_id, tmp, artifact_path=f"drift/{summary['time']}")
+    client.set_tag(run_id, "dualmedia.last_drift_verdict", summary["verdict"])
+
+
+def update_index(settings: Settings, dataset: str) -> dict[str, str]:
+    """Regenerate the index page of every report of a dataset, newest first."""
+    store = ObjectStore(settings)
+    base = monitoring_prefix(settings, dataset)
+    entries = []
+    for stamp in store.list_prefixes(base.join("reports")):
+        summary_uri = base.join("reports", stamp, "verdict.json")
+        if store.exists(summary_uri):
+            entries.append(json.loads(store.read_text(summary_uri)))
+    entries.sort(key=lambda e: e["time"], reverse=True)
+    local_root = settings.home_dir / "monitoring" / dataset
+    rows = []
+    for e in entries:
+        local_report = local_root / "reports" / e["time"] / "report.html"
+        if not local_report.exists():
+            store.download_file(base.join("reports", e["time"], "report.html"), local_report)
+        colour = "#c0392b" if e["verdict"] == "drift" else "#27ae60"
+        rows.append(
+            "<tr>"
+            f"<td>{html.escape(e['time'])}</td>"
+            f"<td style='color:{colour};font-weight:bold'>{html.escape(e['verdict'])}</td>"
+            f"<td>{html.escape(e['window'])}</td>"
+            f"<td>v{html.escape(str(e['model_version']))}</td>"
+            f"<td>{html.escape('; '.join(e['reasons']) or '-')}</td>"
+            f"<td><a href='reports/{e['time']}/report.html'>report</a></td>"
+            "</tr>"
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>Drift reports: {html.escape(dataset)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;"
+        "border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
+        f"<h1>Drift reports: {html.escape(dataset)}</h1>"
+        f"<p>{len(entries)} reports, newest first.</p><table>"
+        "<tr><th>time (UTC)</th><th>verdict</th><th>window</th><th>model</th>"
+        "<th>why</th><th></th></tr>" + "".join(rows) + "</table></body></html>"
+    )
+    local_root.mkdir(parents=True, exist_ok=True)
+    (local_root / "index.html").write_text(page, encoding="utf-8")
+    store.write_bytes(base.join("index.html"), page.encode(), "text/html")
+    return {"uri": str(base.join("index.html")), "local": str(local_root / "index.html")}
+
+
+def _add_to_workspace(
+    settings: Settings, dataset: str, prefix: S3Uri, store: ObjectStore
+) -> str | None:
+    """Add the report to the local Evidently workspace (browsable with `evidently ui`)."""
+    uri = prefix.join("evidently_snapshot.json")
+    if not store.exists(uri):
+        return None
+    from evidently.core.report import Snapshot as EvidentlySnapshot
+    from evidently.ui.workspace import Workspace
+
+    folder = settings.home_dir / "evidently"
+    workspace = Workspace.create(str(folder))
+    found = workspace.search_project(dataset)
+    project = found[0] if found else workspace.create_project(dataset, description="drift reports")
+    workspace.add_run(project.id, EvidentlySnapshot.loads(store.read_text(uri)), include_data=False)
+    return str(folder)
+
+
+def decide_and_trigger(
+    settings: Settings,
+    dataset: str,
+    dataset_uri: str,
+    summary: dict[str, Any],
+    config: DriftConfig,
+    trigger: bool,
+) -> dict[str, Any]:
+    """Drift → a training DAG run (unless one was triggered within the cooldown)."""
+    if summary["verdict"] != "drift":
+        return {"triggered": False, "why": "no drift"}
+    store = ObjectStore(settings)
+    state_uri = monitoring_prefix(settings, dataset).join("last_trigger.json")
+    now = datetime.now(UTC)
+    if store.exists(state_uri):
+        last = json.loads(store.read_text(state_uri))
+        since = now - datetime.fromisoformat(last["at"])
+        if since < timedelta(minutes=config.cooldown_minutes):
+            minutes = int(since.total_seconds() // 60)
+            why = f"cooldown: run {last['dag_run_id']} was triggered {minutes} min ago"
+            return {"triggered": False, "why": why}
+    if not trigger:
+        return {"triggered": False, "why": "triggering disabled"}
+    from dualmedia.airflow_api import AirflowClient
+
+    client = AirflowClient(settings)
+    conf = {
+        "dataset_uri": dataset_uri,
+        "train_config": settings.train_config,
+        "reason": {
+            "drift": summary["reasons"],
+            "scores": summary["scores"],
+            "report": summary["report_uri"],
+            "window": summary["window"],
+        },
+    }
+    run = client.trigger(TRAINING_DAG, conf)
+    store.write_json(state_uri, {"at": now.isoformat(), "dag_run_id": run["dag_run_id"]})
+    return {
+        "triggered": True,
+        "dag_id": TRAINING_DAG,
+        "dag_run_id": run["dag_run_id"],
+        "url": client.run_url(TRAINING_DAG, run["dag_run_id"]),
+    }

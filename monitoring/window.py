@@ -1,0 +1,143 @@
+"""Building monitoring windows: the reference (training snapshot) and the current one
+(what the endpoints served, or a raw batch scored by the model)."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from dualmedia.settings import Settings
+from dualmedia.snapshot import Snapshot, table_to_arrays
+from dualmedia.storage import ObjectStore
+from monitoring.report import PRESENCE_COLUMNS, RAW_COLUMNS, Window
+
+MODALITIES = ("text", "image", "audio")
+
+
+def _frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for col in RAW_COLUMNS:
+        frame[col] = pd.to_numeric(frame.get(col), errors="coerce").astype("float64")
+    for col in PRESENCE_COLUMNS:
+        frame[col] = frame.get(col, False).astype(bool)
+    return frame
+
+
+def _predictions(
+    model: Any, embeddings: dict[str, Any], present: dict[str, Any]
+) -> dict[str, list[str]]:
+    import torch
+
+    with torch.inference_mode():
+        out = model.fusion(embeddings, present)
+    return {
+        name: [model.classes[name][int(i)] for i in logits.argmax(1).tolist()]
+        for name, logits in out.logits.items()
+    }
+
+
+def scored_window(model: Any, arrays: Any, stats: pd.DataFrame, version: str) -> Window:
+    """Embed and predict a set of preprocessed items (SnapshotArrays) with the model."""
+    from training.evaluate import embed_split
+
+    embedded = embed_split(model, arrays)
+    embeddings, present = embedded["embeddings"], embedded["present"]
+    frame = stats.reset_index(drop=True).copy()
+    for m in MODALITIES:
+        frame[f"has_{m}"] = np.asarray(arrays.present[m], dtype=bool)
+    for name, classes in _predictions(model, embeddings, present).items():
+        frame[f"pred_{name}"] = classes
+    vectors = {
+        m: embeddings[m].numpy()[present[m].numpy()].astype(np.float32) for m in model.modalities
+    }
+    return Window(_frame_from_rows(frame.to_dict("records")), vectors, version)
+
+
+def reference_window(model: Any, snapshot: Snapshot, version: str) -> Window:
+    """The training snapshot (train split) as the model sees it."""
+    table = snapshot.table()
+    mask = np.asarray(table.column("split").to_pylist()) == "train"
+    import pyarrow as pa
+
+    table = table.filter(pa.array(mask))
+    arrays = table_to_arrays(table, snapshot.spec, snapshot.media)
+    stats = table.select([c for c in RAW_COLUMNS if c in table.column_names]).to_pandas()
+    return scored_window(model, arrays, stats, version)
+
+
+def batch_window(
+    model: Any, dataset_uri: str, batch: str, settings: Settings, version: str
+) -> Window:
+    """A raw batch (e.g. newly uploaded feedback), decoded and preprocessed exactly as
+    ingestion does, scored by the model. Records ingestion would reject are skipped."""
+    import pyarrow as pa
+
+    from dualmedia.snapshot import record_schema
+    from ingestion.checks import ParsedRecord, check_media, parse_line
+    from ingestion.config import IngestConfig
+    from ingestion.source import DatasetSource
+
+    source = DatasetSource(ObjectStore(settings), dataset_uri)
+    spec = source.spec()
+    config = IngestConfig()
+    found = {b.name: b for b in source.batches()}
+    if batch not in found:
+        raise ValueError(f"{dataset_uri}: no batch {batch!r}; batches: {sorted(found)}")
+    rows, seen = [], set()
+    for n, raw in enumerate(source.manifest_lines(found[batch]), start=1):
+        parsed = parse_line(raw, n, spec, config, seen)
+        if isinstance(parsed, ParsedRecord):
+            row = check_media(parsed, found[batch], source, spec, config)
+            if isinstance(row, dict):
+                rows.append(row)
+    if not rows:
+        raise ValueError(f"{dataset_uri}/{batch}: no usable record")
+    table = pa.Table.from_pylist(rows, schema=record_schema(spec))
+    arrays = table_to_arrays(table, spec, model.media)
+    stats = table.select(list(RAW_COLUMNS)).to_pandas()
+    return scored_window(model, arrays, stats, version)
+
+
+def served_window(
+    settings: Settings,
+    dataset: str,
+    since: datetime | None = None,
+    model_version: str | None = None,
+) -> Window:
+    """What the endpoints recorded (serving.served_log) since a time."""
+    from serving.served_log import served_prefix
+
+    store = ObjectStore(settings)
+    rows: list[dict[str, Any]] = []
+    vectors: dict[str, list[list[float]]] = {m: [] for m in MODALITIES}
+    for obj in store.list(served_prefix(settings, dataset)):
+        table = pq.read_table(
+            io.BytesIO(store.read_bytes(f"s3://{settings.lake_bucket}/{obj.key}"))
+        )
+        for record in table.to_pylist():
+            if since is not None and record["served_at"] < since.isoformat():
+                continue
+            if model_version is not None and record["model_version"] != model_version:
+                continue
+            if record["task"] == "search":
+                continue  # a query is not an item
+            row: dict[str, Any] = json.loads(record["stats"])
+            for m in MODALITIES:
+                row[f"has_{m}"] = m in record["modalities"]
+            for name, cls in json.loads(record["predictions"]).items():
+                row[f"pred_{name}"] = cls
+            rows.append(row)
+            for m, vector in json.loads(record["embeddings"]).items():
+                vectors[m].append(vector)
+    frame = _frame_from_rows(rows) if rows else _frame_from_rows([{}]).iloc[0:0]
+    return Window(
+        frame,
+        {m: np.asarray(v, dtype=np.float32) for m, v in vectors.items() if v},
+        model_version or "",
+    )

@@ -1,0 +1,1 @@
+"""Serving: TorchServe handler, model-archive builder, deploy/rollback client, search index."""

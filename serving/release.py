@@ -1,0 +1,126 @@
+"""From a registered model version to a served one: build its archive, deploy it.
+
+The archive is built from the registry (weights + model.json of the version) and the
+vectors the publish step wrote for that version (the search catalogue), so serving
+and the feature store hold the same vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dualmedia.settings import Settings
+from dualmedia.storage import ObjectStore, S3Uri
+from serving.archive import archive_name, build_archive
+from serving.catalogue import Catalogue
+
+
+def archive_uri(settings: Settings, name: str, version: str) -> S3Uri:
+    return S3Uri(settings.lake_bucket, f"archives/{archive_name(name, version)}.mar")
+
+
+def build_release(name: str, version: str, settings: Settings) -> dict[str, Any]:
+    """Build `<name>-v<version>.mar` and keep it in object storage (idempotent)."""
+    from feature_repo.publish import published_vectors
+    from training.registry import (
+        TAG_RUN,
+        TAG_SNAPSHOT,
+        download_model_files,
+        load_registered_model,
+    )
+
+    store = ObjectStore(settings)
+    target = archive_uri(settings, name, version)
+    if store.exists(target):
+        return {"archive_uri": str(target), "reused": True, "version": version}
+    model, tags = load_registered_model(name, version, settings)
+    dataset = model.spec.name
+    published = published_vectors(settings, dataset, version)
+    texts = _texts(store, tags, published["ids"].get("text", []), settings)
+    catalogue = Catalogue(published["ids"], published["vectors"], texts, version)
+    info = {
+        "dataset": dataset,
+        "registered_model": name,
+        "run_id": tags.get(TAG_RUN),
+        "snapshot_id": tags.get(TAG_SNAPSHOT),
+        "reliability": unimodal_reliability(model, _validation_arrays(store, tags)),
+    }
+    with tempfile.TemporaryDirectory(prefix="dualmedia-release-") as tmp:
+        files = download_model_files(name, version, settings, Path(tmp) / "model")
+        tokenizer = model.encoder.trunk("text").tokenizer if "text" in model.modalities else None
+        path = build_archive(
+            files, catalogue, info, Path(tmp) / "out", name, version, tokenizer=tokenizer
+        )
+        store.upload_file(path, target)
+    return {"archive_uri": str(target), "reused": False, "version": version, **info}
+
+
+def _texts(
+    store: ObjectStore, tags: dict[str, str], ids: list[str], settings: Settings
+) -> dict[str, str]:
+    """Review texts of the catalogue's items, so search results can show them."""
+    from dualmedia.snapshot import Snapshot
+    from training.registry import TAG_SNAPSHOT_URI
+
+    wanted = set(ids)
+    snapshot = Snapshot(store, tags[TAG_SNAPSHOT_URI])
+    texts: dict[str, str] = {}
+    for table in snapshot.iter_tables(columns=["id", "text"]):
+        for item_id, text in zip(
+            table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True
+        ):
+            if item_id in wanted and text is not None:
+                texts[item_id] = text
+    return texts
+
+
+def _validation_arrays(store: ObjectStore, tags: dict[str, str]) -> Any:
+    from dualmedia.snapshot import Snapshot
+    from training.registry import TAG_SNAPSHOT_URI
+
+    snapshot = Snapshot(store, tags[TAG_SNAPSHOT_URI])
+    arrays = snapshot.arrays("val")
+    return arrays if len(arrays) else snapshot.arrays("train")
+
+
+def unimodal_reliability(model: Any, arrays: Any) -> dict[str, dict[str, float]]:
+    """Macro-F1 of each modality's own head per label, on held-out items that have the
+    modality. The disagreement flag only counts a modality's vote on a label it can
+    actually predict (a voice cannot see a crack in a photo)."""
+    from training.evaluate import embed_split, fused_predictions
+    from training.metrics import classification_scores
+
+    embedded = embed_split(model, arrays)
+    _, _, unimodal = fused_predictions(model, embedded["embeddings"], embedded["present"])
+    reliability: dict[str, dict[str, float]] = {}
+    for modality, labels in unimodal.items():
+        has = embedded["present"][modality].numpy()
+        reliability[modality] = {}
+        for label, predicted in labels.items():
+            truth = arrays.labels[label].copy()
+            truth[~has] = -1
+            scores = classification_scores(truth, predicted, len(model.classes[label]))
+            f1 = scores["macro_f1"]
+            reliability[modality][label] = round(f1, 4) if f1 == f1 else 0.0  # NaN: no items
+    return reliability
+
+
+def deploy_release(name: str, version: str, settings: Settings) -> dict[str, Any]:
+    """Fetch the version's archive and deploy it (smoke-tested before it is default)."""
+    from serving.deploy import deploy
+
+    store = ObjectStore(settings)
+    with tempfile.TemporaryDirectory(prefix="dualmedia-deploy-") as tmp:
+        local = Path(tmp) / f"{archive_name(name, version)}.mar"
+        store.download_file(archive_uri(settings, name, version), local)
+        return deploy(local, version, settings)
+
+
+def describe_archive(path: Path) -> dict[str, Any]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("archive.json"))

@@ -1,0 +1,198 @@
+"""Serving against a real TorchServe started by the test: endpoints, bad input,
+deploy, rollback, restart, and equality with the in-process model."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from dualmedia.settings import Settings
+from dualmedia.stack import Stack
+from serving.client import TorchServeClient
+from serving.deploy import DeployError, deploy, load_record, rollback
+from serving.protocol import parse_request
+from serving.runtime import InferenceRuntime
+from tests.conftest import make_settings
+from tests.integration.serving_helpers import b64_png, b64_wav, random_catalogue, tiny_archive
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    tmp = tmp_path_factory.mktemp("serving")
+    settings = make_settings(tmp / "home")
+    stack = Stack(settings, only=["torchserve"])
+    stack.up()
+    store = settings.torchserve_model_store
+    assert store is not None
+    v1, v1_dir = tiny_archive(tmp, store, "1", seed=1)
+    v2, v2_dir = tiny_archive(tmp, store, "2", seed=2)
+    try:
+        yield {
+            "settings": settings,
+            "stack": stack,
+            "client": TorchServeClient(settings),
+            "archives": {"1": v1, "2": v2},
+            "dirs": {"1": v1_dir, "2": v2_dir},
+            "tmp": tmp,
+        }
+    finally:
+        stack.down()
+
+
+def test_deploy_serves_every_endpoint_and_matches_in_process(served: dict) -> None:
+    settings: Settings = served["settings"]
+    result = deploy(served["archives"]["1"], "1", settings)
+    assert result["status"] == "deployed"
+    client: TorchServeClient = served["client"]
+    assert sorted(client.models()) == ["embed", "insights", "search"]
+
+    runtime = InferenceRuntime.from_folder(_unpacked(served, "1"), "1")
+    catalogue = runtime.catalogue_modalities()
+    bodies = {
+        "embed": [{"text": "the mug arrived cracked"}, {"image": b64_png()}, {"audio": b64_wav()}],
+        "insights": [
+            {"text": "lovely lamp", "image": b64_png(), "audio": b64_wav()},
+            {"audio": b64_wav(pitch=330.0)},
+        ],
+        "search": [{"query": {"image": b64_png()}, "target": "text", "k": 4}],
+    }
+    for task, task_bodies in bodies.items():
+        for body in task_bodies:
+            response = client.predict(task, body)
+            assert response.status_code == 200, response.text
+            served_answer = response.json()
+            local = runtime.answer(
+                task, [parse_request(task, {"body": body}, runtime.media, catalogue)]
+            )[0]
+            local.pop("_embeddings", None)
+            _assert_close(served_answer, local)
+
+
+def _unpacked(served: dict, version: str) -> Path:
+    """The archive's contents as TorchServe sees them (a .mar is a zip)."""
+    import zipfile
+
+    out = served["tmp"] / f"unpacked-{version}"
+    if not out.exists():
+        zipfile.ZipFile(served["archives"][version]).extractall(out)
+    return out
+
+
+def _assert_close(a: object, b: object) -> None:
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b)
+        for key in a:
+            _assert_close(a[key], b[key])
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_close(x, y)
+    elif isinstance(a, float):
+        assert abs(a - b) < 1e-4
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize(
+    ("task", "body", "status", "field"),
+    [
+        ("embed", {"txt": "typo"}, 400, "txt"),
+        ("embed", {"text": ""}, 400, "text"),
+        ("embed", {"image": base64.b64encode(b"not an image at all").decode()}, 400, "image"),
+        ("embed", {"audio": base64.b64encode(b"RIFFxxxxWAVEnot audio").decode()}, 400, "audio"),
+        ("embed", {"image": "%%%"}, 400, "image"),
+        ("search", {"query": {"text": "x"}, "target": "smell"}, 400, "target"),
+        ("insights", {}, 400, "text"),
+        ("embed", {"text": "x" * 6000}, 413, "text"),
+    ],
+)
+def test_bad_input_gets_4xx_json_and_the_worker_keeps_running(
+    served: dict, task: str, body: dict, status: int, field: str
+) -> None:
+    client: TorchServeClient = served["client"]
+    if client.default_version("embed") is None:
+        deploy(served["archives"]["1"], "1", served["settings"])
+    pids_before = _worker_pids(client, task)
+    response = client.predict(task, body)
+    assert response.status_code == status
+    assert response.json()["field"] == field
+    assert client.predict("embed", {"text": "still serving"}).status_code == 200
+    assert _worker_pids(client, task) == pids_before
+
+
+def test_not_json_and_no_token(served: dict) -> None:
+    client: TorchServeClient = served["client"]
+    if client.default_version("embed") is None:
+        deploy(served["archives"]["1"], "1", served["settings"])
+    response = client.predict("embed", b"{not json", raw=True)
+    assert response.status_code == 400 and response.json()["error"] == "not_json"
+    url = f"{served['settings'].torchserve_inference}/predictions/embed"
+    assert 400 <= requests.post(url, json={"text": "hi"}, timeout=30).status_code < 500
+
+
+def _worker_pids(client: TorchServeClient, task: str) -> list[int]:
+    described = client._management("GET", f"models/{task}")
+    return sorted(w["pid"] for w in described[0]["workers"])
+
+
+def test_deploy_rollback_and_restart(served: dict) -> None:
+    settings: Settings = served["settings"]
+    client: TorchServeClient = served["client"]
+    deploy(served["archives"]["1"], "1", settings)
+    assert deploy(served["archives"]["1"], "1", settings)["status"] == "already serving"
+    result = deploy(served["archives"]["2"], "2", settings)
+    assert result["previous"]["embed"] == "1"
+    assert all(client.default_version(t) == "2" for t in ("embed", "search", "insights"))
+    assert {v["modelVersion"] for v in client.versions("embed")} == {"1", "2"}
+    v2_answer = client.predict("embed", {"text": "which model?"}).json()
+    assert v2_answer["model_version"] == "2"
+
+    assert rollback(settings)["version"] == "1"
+    assert client.predict("embed", {"text": "which model?"}).json()["model_version"] == "1"
+    assert load_record(settings)["endpoints"]["embed"] == {
+        "default": "1",
+        "previous": "2",
+        "archives": {"1": "customer-feedback-v1.mar", "2": "customer-feedback-v2.mar"},
+    }
+    # What was deployed comes back after the stack restarts.
+    stack: Stack = served["stack"]
+    stack.down()
+    stack.up()
+    assert client.default_version("embed") == "1"
+    assert client.predict("insights", {"text": "back again"}).status_code == 200
+
+
+def test_a_failing_version_is_not_made_default(served: dict, tmp_path: Path) -> None:
+    settings: Settings = served["settings"]
+    client: TorchServeClient = served["client"]
+    deploy(served["archives"]["1"], "1", settings)
+    before = client.default_version("embed")
+    store = settings.torchserve_model_store
+    broken = store / "customer-feedback-v9.mar"
+    broken.write_bytes(b"this is not a model archive")
+    with pytest.raises(DeployError, match="nothing changed"):
+        deploy(broken, "9", settings)
+    assert client.default_version("embed") == before
+    assert client.predict("embed", {"text": "unaffected"}).status_code == 200
+    assert "9" not in {v["modelVersion"] for v in client.versions("embed")}
+
+
+def test_search_returns_catalogue_items(served: dict) -> None:
+    client: TorchServeClient = served["client"]
+    if client.default_version("search") is None:
+        deploy(served["archives"]["1"], "1", served["settings"])
+    answer = client.predict(
+        "search", {"query": {"text": "cracked mug"}, "target": "image", "k": 5}
+    ).json()
+    scores = [r["score"] for r in answer["results"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    catalogue = random_catalogue(len(client.predict("embed", {"text": "x"}).json()["embedding"]))
+    assert {r["id"] for r in answer["results"]} <= set(catalogue.ids["image"])
+    assert np.isfinite(scores).all()

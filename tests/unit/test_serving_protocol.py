@@ -1,0 +1,102 @@
+"""Request validation of the serving endpoints, every bad-input kind, no server needed."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from dualmedia.contract import Modality
+from dualmedia.media import MediaConfig
+from serving.protocol import BadRequest, parse_request
+
+MEDIA = MediaConfig()
+CATALOGUE = [Modality.TEXT, Modality.IMAGE, Modality.AUDIO]
+
+
+def png() -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 50, 50)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def wav(seconds: float = 1.0) -> str:
+    buf = io.BytesIO()
+    t = np.arange(int(16000 * seconds)) / 16000
+    sf.write(buf, 0.3 * np.sin(2 * np.pi * 220 * t), 16000, format="WAV")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def parse(task: str, body: object) -> object:
+    return parse_request(task, {"body": body}, MEDIA, CATALOGUE)
+
+
+def test_valid_requests_are_preprocessed() -> None:
+    r = parse("embed", {"image": png()})
+    assert r.inputs.modalities == [Modality.IMAGE]
+    assert r.inputs.image.shape == (MEDIA.image_size, MEDIA.image_size, 3)
+    r = parse("search", {"query": {"audio": wav()}, "target": "text", "k": 3})
+    assert r.inputs.audio.shape == (MEDIA.n_mels, MEDIA.audio_frames)
+    assert (r.target, r.k) == (Modality.TEXT, 3)
+    r = parse("insights", {"text": "lovely", "image": png(), "audio": wav()})
+    assert r.inputs.modalities == CATALOGUE
+
+
+def test_multipart_fields_are_accepted() -> None:
+    raw_png = base64.b64decode(png())
+    r = parse_request("insights", {"text": b"nice", "image": bytearray(raw_png)}, MEDIA, CATALOGUE)
+    assert r.inputs.text == "nice" and r.inputs.image is not None
+
+
+@pytest.mark.parametrize(
+    ("task", "body", "status", "error", "field"),
+    [
+        ("embed", b"{not json", 400, "not_json", None),
+        ("embed", [1, 2], 400, "not_json_object", None),
+        ("embed", {"txt": "typo"}, 400, "unknown_field", "txt"),
+        ("embed", {"text": "   "}, 400, "empty_text", "text"),
+        ("embed", {"text": 5}, 400, "wrong_type", "text"),
+        ("embed", {"text": "a", "image": png()}, 400, "one_modality_required", "text"),
+        ("embed", {}, 400, "one_modality_required", None),
+        ("embed", {"image": "!!!not-base64!!!"}, 400, "bad_base64", "image"),
+        (
+            "embed",
+            {"image": base64.b64encode(b"garbage" * 50).decode()},
+            400,
+            "image_undecodable",
+            "image",
+        ),
+        (
+            "embed",
+            {"audio": base64.b64encode(b"RIFF0000WAVE").decode()},
+            400,
+            "audio_undecodable",
+            "audio",
+        ),
+        ("embed", {"text": "x" * 6000}, 413, "payload_too_large", "text"),
+        (
+            "embed",
+            {"image": base64.b64encode(b"0" * (6 * 1024 * 1024)).decode()},
+            413,
+            "payload_too_large",
+            "image",
+        ),
+        ("search", {"target": "text"}, 400, "missing_field", "query"),
+        ("search", {"query": {"smell": "x"}}, 400, "unknown_field", "query.smell"),
+        ("search", {"query": {"text": "x"}, "target": "video"}, 400, "bad_value", "target"),
+        ("search", {"query": {"text": "x"}, "k": 0}, 400, "bad_value", "k"),
+        ("insights", {}, 400, "missing_modality", "text"),
+        ("nope", {"text": "x"}, 404, "unknown_task", None),
+    ],
+)
+def test_bad_requests_name_the_field(
+    task: str, body: object, status: int, error: str, field: str | None
+) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse(task, body)
+    assert (info.value.status, info.value.error, info.value.field) == (status, error, field)
+    assert str(info.value)

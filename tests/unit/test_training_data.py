@@ -1,0 +1,181 @@
+"""Modality dropout, balanced sampling, configuration files, and training on items that
+have one modality only."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from dualmedia.media import MediaConfig
+from dualmedia.synthetic import GeneratorKnobs, dataset_spec, generate_dataset
+from training.config import REPO_CONFIGS, TrainConfig, load_train_config
+from training.data import (
+    BalancedSampler,
+    SnapshotDataModule,
+    augment_logmel,
+    drop_modalities,
+    primary_label,
+    sampling_groups,
+    sampling_weights,
+)
+from training.evaluate import evaluate_arrays
+from training.factory import build_fused_model
+from training.lit import AlignmentModule, FusionModule
+from training.testing import arrays_from_folder, random_arrays
+
+NAMES = ("text", "image", "audio")
+# The frozen text trunk stays in eval mode on purpose (train() filters this warning too).
+pytestmark = pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning")
+
+
+def presence(rows: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
+    table = torch.tensor(rows, dtype=torch.bool)
+    return {m: table[:, i] for i, m in enumerate(NAMES)}
+
+
+def test_modality_dropout_never_drops_the_last_present_modality() -> None:
+    present = presence([(1, 1, 1), (1, 0, 0), (0, 1, 1), (0, 0, 1)] * 50)
+    kept = drop_modalities(present, p=1.0, generator=torch.Generator().manual_seed(0))
+    table = torch.stack([kept[m] for m in NAMES], 1)
+    original = torch.stack([present[m] for m in NAMES], 1)
+    assert torch.all(table.sum(1) == 1)  # p=1: exactly one survivor per item
+    assert not torch.any(table & ~original)  # never resurrects a missing modality
+
+
+def test_modality_dropout_rate_and_off_switch() -> None:
+    present = presence([(1, 1, 1)] * 2000)
+    assert drop_modalities(present, p=0.0) is present
+    kept = drop_modalities(present, p=0.3, generator=torch.Generator().manual_seed(1))
+    dropped = 1 - torch.stack([kept[m] for m in NAMES]).float().mean()
+    assert 0.25 < float(dropped) < 0.33
+
+
+def test_sampler_balances_modality_combinations_and_classes() -> None:
+    spec = dataset_spec()
+    arrays = random_arrays(spec, 400, MediaConfig(), missing_rate=0.3, seed=2)
+    label = primary_label(spec, None)
+    assert label == "sentiment"  # the first categorical label of the schema
+    groups = sampling_groups(arrays, list(NAMES), label)
+    weights = sampling_weights(groups, power=1.0)
+    mass = Counter()
+    for group, w in zip(groups, weights, strict=True):
+        mass[group] += w
+    assert np.allclose(list(mass.values()), 1.0)  # every (combination, class) equally likely
+    sampler = BalancedSampler(weights, 20000, seed=0)
+    drawn = Counter(groups[i] for i in sampler)
+    counts = np.array(list(drawn.values()))
+    assert counts.max() < 2.0 * counts.min()  # raw frequencies differ by far more than that
+    raw = Counter(groups)
+    assert max(raw.values()) > 8 * min(raw.values())
+
+
+def test_sampler_ranks_take_disjoint_slices_of_one_draw() -> None:
+    weights = np.ones(10)
+    ranks = [BalancedSampler(weights, 10, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(4)
+    one = BalancedSampler(weights, 10, seed=3)
+    one.set_epoch(4)
+    both = list(ranks[0]) + list(ranks[1])
+    assert sorted(both) == sorted(one)
+    assert len(ranks[0]) == len(ranks[1]) == 5
+    one.set_epoch(5)
+    assert list(one) != sorted(both) or list(one) != both  # a new epoch draws anew
+
+
+def test_spectrogram_masking_stays_inside_the_real_audio() -> None:
+    torch.manual_seed(0)
+    logmel = torch.randn(64, 201)
+    logmel[:, 100:] = -13.8  # padding
+    out = augment_logmel(logmel, valid_frames=100, max_time_mask=30, max_freq_mask=10)
+    assert torch.equal(out[:, 100:], logmel[:, 100:])
+    assert out.shape == logmel.shape
+
+
+def test_configuration_files_load_and_partial_overrides_keep_defaults(tmp_path: Path) -> None:
+    default = load_train_config(REPO_CONFIGS / "default.yaml")
+    assert default == TrainConfig()  # the file spells out the defaults
+    tiny = load_train_config(REPO_CONFIGS / "tiny.yaml")
+    assert tiny.alignment.epochs <= 2 and tiny.fusion.epochs <= 2
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("model:\n  encoders:\n    image: {hidden_size: 64}\n")
+    config = load_train_config(partial)
+    assert config.model.encoders.image.hidden_size == 64
+    assert config.model.encoders.text.pretrained == TrainConfig().model.encoders.text.pretrained
+    assert config.with_epochs(3).fusion.epochs == 3
+    assert config.digest() != config.with_epochs(3).digest()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alignment:\n  epochz: 3\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: invalid training config: alignment.epochz"):
+        load_train_config(bad)
+
+
+@pytest.fixture(scope="module")
+def one_modality_arrays(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A generated dataset where about half the items have one modality only."""
+    folder = tmp_path_factory.mktemp("sparse")
+    generate_dataset(folder, 48, seed=5, knobs=GeneratorKnobs(missing_modality_rate=0.6))
+    return {s: arrays_from_folder(folder, s) for s in ("train", "val", "test")}
+
+
+def test_training_works_when_items_have_one_modality_only(one_modality_arrays: dict) -> None:
+    train = one_modality_arrays["train"]
+    counts = np.stack([train.present[m] for m in NAMES], 1).sum(1)
+    assert (counts == 1).sum() >= 10 and (counts > 1).sum() >= 3
+    config = load_train_config(REPO_CONFIGS / "tiny.yaml")
+    pl.seed_everything(0, verbose=False)
+    model = build_fused_model(dataset_spec(), MediaConfig(), config.model)
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    data = SnapshotDataModule(
+        train, one_modality_arrays["val"], dataset_spec(), list(NAMES), config.data
+    )
+    losses = {}
+    for name, module in (
+        ("alignment", AlignmentModule(model, config.alignment)),
+        ("fusion", FusionModule(model, config.fusion)),
+    ):
+        trainer = pl.Trainer(
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+        )
+        trainer.fit(module, datamodule=data)
+        losses[name] = float(trainer.callback_metrics["train/loss"])
+    assert all(np.isfinite(v) for v in losses.values()), losses
+    after = model.trainable_state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    for part in ("trunks.image", "trunks.audio", "projections.text", "fusion.unimodal"):
+        assert any(part in k for k in changed), part
+    # The temperature was clamped after every step and is still in range.
+    assert 0.0 <= float(model.encoder.logit_scale.detach()) <= float(np.log(100)) + 1e-6
+    result = evaluate_arrays(model, one_modality_arrays["test"], config.eval)
+    assert set(result["fusion"]) == set(dataset_spec().labels)
+
+
+def test_temperature_is_clamped_after_an_optimizer_step() -> None:
+    spec = dataset_spec()
+    config = load_train_config(REPO_CONFIGS / "tiny.yaml")
+    model = build_fused_model(spec, MediaConfig(), config.model)
+    with torch.no_grad():
+        model.encoder.logit_scale.fill_(9.0)  # far above log(100) = 4.6
+    arrays = random_arrays(spec, 32, MediaConfig(), seed=4)
+    data = SnapshotDataModule(arrays, arrays, spec, list(NAMES), config.data)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(AlignmentModule(model, config.alignment), datamodule=data)
+    assert float(model.encoder.logit_scale.detach()) == pytest.approx(float(np.log(100)))

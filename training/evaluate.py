@@ -1,0 +1,296 @@
+"""Evaluation of a fused model on a snapshot split.
+
+- retrieval recall@k for every ordered modality pair (CLIP_benchmark: a query hits when an
+  item with its id is among the top k candidates);
+- zero-shot classification of each categorical label: prompts built from the label schema
+  (templates x class names, averaged per class) against image and audio embeddings;
+- fusion accuracy and macro-F1 per label, then the same with each modality removed
+  (`without_<m>`) and with one modality only (`only_<m>`), so the gain of fusion over any
+  single modality is a number (`gain_over_only_<m>`), plus the unimodal heads;
+- confusion matrices and retrieval examples as PNG files.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dualmedia.contract import CategoricalLabel, Modality
+from dualmedia.settings import Settings
+from dualmedia.snapshot import Snapshot, SnapshotArrays
+from dualmedia.storage import ObjectStore
+from training.config import EvalConfig
+from training.data import eval_loader
+from training.factory import FusedModel
+from training.metrics import (
+    classification_scores,
+    confusion,
+    retrieval_recall,
+    zero_shot_predictions,
+)
+from training.plots import plot_confusion_matrices, plot_retrieval_examples
+
+
+@torch.no_grad()
+def embed_split(model: FusedModel, arrays: SnapshotArrays, batch_size: int = 128) -> dict:
+    """Embeddings [N, D] per modality (zero where missing) and presence masks of a split."""
+    model.eval()
+    device = next(model.parameters()).device
+    chunks: list[dict[str, torch.Tensor]] = []
+    for batch in eval_loader(arrays, model.modalities, batch_size):
+        batch = _to_device(batch, device)
+        chunks.append({m: e.cpu() for m, e in model.encoder(batch).items()})
+    embeddings = {m: torch.cat([c[m] for c in chunks]) for m in model.modalities}
+    present = {
+        m: torch.as_tensor(np.asarray(arrays.present[m], dtype=bool)) for m in model.modalities
+    }
+    return {"embeddings": embeddings, "present": present}
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    moved = dict(batch)
+    for key in ("image", "audio"):
+        moved[key] = batch[key].to(device)
+    moved["present"] = {m: v.to(device) for m, v in batch["present"].items()}
+    return moved
+
+
+@torch.no_grad()
+def fused_predictions(
+    model: FusedModel, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    """Predicted classes per label, gate weights and unimodal predictions for given masks
+    (encoders do not depend on the other modalities, so ablations reuse the embeddings)."""
+    model.eval()
+    out = model.fusion(embeddings, present)
+    predicted = {name: v.argmax(1).numpy() for name, v in out.logits.items()}
+    unimodal = {
+        m: {name: v.argmax(1).numpy() for name, v in labels.items()}
+        for m, labels in out.unimodal.items()
+    }
+    return predicted, out.gates.numpy(), unimodal
+
+
+def _label_scores(
+    model: FusedModel,
+    arrays: SnapshotArrays,
+    predicted: dict[str, np.ndarray],
+    rows: np.ndarray | None = None,
+) -> dict[str, dict[str, float]]:
+    scores = {}
+    for name, classes in model.classes.items():
+        truth = arrays.labels[name].copy()
+        if rows is not None:
+            truth[~rows] = -1  # only score the selected items
+        scores[name] = classification_scores(truth, predicted[name], len(classes))
+    return scores
+
+
+def retrieval_metrics(
+    model: FusedModel, arrays: SnapshotArrays, embedded: dict, ks: list[int]
+) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    for a in model.modalities:
+        for b in model.modalities:
+            if a == b:
+                continue
+            qa = embedded["present"][a].numpy()
+            cb = embedded["present"][b].numpy()
+            recall = retrieval_recall(
+                embedded["embeddings"][a][qa],
+                embedded["embeddings"][b][cb],
+                [i for i, keep in zip(arrays.ids, qa, strict=True) if keep],
+                [i for i, keep in zip(arrays.ids, cb, strict=True) if keep],
+                ks,
+            )
+            results[f"{a}_to_{b}"] = {f"R@{k}": v for k, v in recall.items()}
+    return results
+
+
+@torch.no_grad()
+def class_prompt_embeddings(
+    model: FusedModel, label: str, classes: list[str], templates: list[str]
+) -> torch.Tensor:
+    """One embedding per class: the normalised mean over the prompt templates."""
+    per_class = []
+    for cls in classes:
+        prompts = [t.format(label=label, cls=cls) for t in templates]
+        mean = model.encoder.encode_texts(prompts).mean(0)
+        per_class.append(mean / mean.norm().clamp(min=1e-6))
+    return torch.stack(per_class).cpu()
+
+
+def zero_shot_metrics(
+    model: FusedModel, arrays: SnapshotArrays, embedded: dict, templates: list[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    if Modality.TEXT.value not in model.modalities:
+        return {}
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name, label in model.spec.labels.items():
+        if not isinstance(label, CategoricalLabel):
+            continue
+        prompts = class_prompt_embeddings(model, name, label.classes, templates)
+        results[name] = {}
+        for m in model.modalities:
+            if m == Modality.TEXT.value:
+                continue
+            rows = embedded["present"][m].numpy()
+            predicted = zero_shot_predictions(embedded["embeddings"][m], prompts)
+            truth = np.where(rows, arrays.labels[name], -1)
+            results[name][m] = classification_scores(truth, predicted, len(label.classes))
+    return results
+
+
+def fusion_metrics(model: FusedModel, arrays: SnapshotArrays, embedded: dict) -> dict[str, Any]:
+    embeddings, present = embedded["embeddings"], embedded["present"]
+    predicted, gates, unimodal = fused_predictions(model, embeddings, present)
+    result: dict[str, Any] = {
+        "fusion": _label_scores(model, arrays, predicted),
+        "gate_mean": {
+            m: float(gates[present[m].numpy(), i].mean()) if present[m].any() else math.nan
+            for i, m in enumerate(model.modalities)
+        },
+        "unimodal_heads": {
+            m: _label_scores(model, arrays, unimodal[m], present[m].numpy())
+            for m in model.modalities
+        },
+        "ablation": {},
+        "confusion": {
+            name: confusion(arrays.labels[name], predicted[name], len(classes))
+            for name, classes in model.classes.items()
+        },
+    }
+    nobody = torch.zeros_like(present[model.modalities[0]])
+    for m in model.modalities:
+        without = {k: (v if k != m else nobody) for k, v in present.items()}
+        only = {k: (v if k == m else nobody) for k, v in present.items()}
+        result["ablation"][f"without_{m}"] = _label_scores(
+            model, arrays, fused_predictions(model, embeddings, without)[0]
+        )
+        result["ablation"][f"only_{m}"] = _label_scores(
+            model, arrays, fused_predictions(model, embeddings, only)[0]
+        )
+    result["gain"] = {
+        name: {
+            f"over_only_{m}": scores["macro_f1"] - result["ablation"][f"only_{m}"][name]["macro_f1"]
+            for m in model.modalities
+        }
+        for name, scores in result["fusion"].items()
+    }
+    return result
+
+
+def retrieval_examples_plot(
+    model: FusedModel, arrays: SnapshotArrays, embedded: dict, n: int, path: Path
+) -> Path | None:
+    mods = model.modalities
+    pairs = [(a, b) for a in mods for b in mods if a != b]
+    preferred = ("text", "image")
+    a, b = preferred if preferred in pairs else (pairs[0] if pairs else (None, None))
+    if a is None:
+        return None
+    qa = embedded["present"][a].numpy()
+    cb = np.flatnonzero(embedded["present"][b].numpy())
+    queries = [i for i in np.flatnonzero(qa) if embedded["present"][b][i]][:n]
+    if not queries or len(cb) == 0:
+        return None
+    sims = embedded["embeddings"][a][queries] @ embedded["embeddings"][b][cb].T
+    top = sims.argsort(dim=1, descending=True)[:, :4].numpy()
+    ranked = [[int(cb[j]) for j in row] for row in top]
+    return plot_retrieval_examples(arrays, [int(q) for q in queries], ranked, a, b, path)
+
+
+def evaluate_arrays(
+    model: FusedModel,
+    arrays: SnapshotArrays,
+    config: EvalConfig | None = None,
+    plots_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Every evaluation of a split; PNG figures go to `plots_dir` when given."""
+    config = config or EvalConfig()
+    embedded = embed_split(model, arrays)
+    result: dict[str, Any] = {
+        "n_items": len(arrays),
+        "present": {m: int(v.sum()) for m, v in embedded["present"].items()},
+        "retrieval": retrieval_metrics(model, arrays, embedded, config.recall_ks),
+        "zero_shot": zero_shot_metrics(model, arrays, embedded, config.prompt_templates),
+    }
+    result.update(fusion_metrics(model, arrays, embedded))
+    matrices = result.pop("confusion")
+    if plots_dir is not None:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        plots = [
+            plot_confusion_matrices(matrices, model.classes, plots_dir / "confusion_matrices.png")
+        ]
+        example = retrieval_examples_plot(
+            model, arrays, embedded, config.retrieval_examples, plots_dir / "retrieval_examples.png"
+        )
+        plots += [example] if example else []
+        result["plots"] = [str(p) for p in plots]
+    return result
+
+
+def flat_metrics(result: dict[str, Any], prefix: str = "test") -> dict[str, float]:
+    """Numeric leaves as MLflow metric names: test/fusion/damaged/macro_f1, ..."""
+    flat: dict[str, float] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif (
+            isinstance(node, int | float)
+            and not isinstance(node, bool)
+            and not math.isnan(float(node))
+        ):
+            flat[path.replace("@", "_at_")] = float(node)
+
+    walk({k: v for k, v in result.items() if k != "plots"}, prefix)
+    return flat
+
+
+def evaluate_model(
+    model_uri: str,
+    snapshot_uri: str,
+    settings: Settings,
+    split: str = "test",
+    plots_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a logged model (any MLflow model URI) on a snapshot split; JSON-able.
+    Figures are written to `plots_dir` when given."""
+    import mlflow
+
+    from training.pyfunc import FusedModelPyfunc
+    from training.tracking import quiet_mlflow
+
+    quiet_mlflow()
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    loaded = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    if not isinstance(loaded, FusedModelPyfunc):
+        raise ValueError(f"{model_uri}: not a dualmedia fused model ({type(loaded).__name__})")
+    model = loaded.model
+    snapshot = Snapshot(ObjectStore(settings), snapshot_uri)
+    if snapshot.media != model.media:
+        raise ValueError(
+            f"{snapshot_uri}: media were preprocessed with {snapshot.media}, the model expects "
+            f"{model.media}; evaluate on a snapshot made with the model's media config"
+        )
+    missing = set(model.classes) - set(snapshot.spec.labels)
+    if missing:
+        raise ValueError(f"{snapshot_uri}: has no labels {sorted(missing)} the model predicts")
+    arrays = snapshot.arrays(split)
+    if len(arrays) == 0:
+        raise ValueError(f"{snapshot_uri}: the {split!r} split is empty")
+    result = evaluate_arrays(model, arrays, plots_dir=plots_dir)
+    return {
+        "model_uri": model_uri,
+        "snapshot_uri": snapshot_uri,
+        "snapshot_id": snapshot.id,
+        "split": split,
+        "metrics": flat_metrics(result, prefix=split),
+        "evaluation": result,
+    }

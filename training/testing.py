@@ -1,0 +1,209 @@
+"""Snapshots for tests and demos without ingestion: a local dataset folder in the contract
+layout (e.g. from `dualmedia.synthetic.generate_dataset`) turned into snapshot records.
+
+It follows the snapshot format of `dualmedia.snapshot` (records Parquet with
+`record_schema`, `snapshot.json`, `dataset.yaml`, published with `ObjectStore.publish_dir`)
+but validates nothing: records that cannot be decoded raise. Ingestion is the real path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dualmedia.contract import (
+    DATASET_FILE,
+    MANIFEST_FILE,
+    DatasetSpec,
+    Modality,
+    load_dataset_spec,
+)
+from dualmedia.datasets import find_batches
+from dualmedia.media import (
+    MediaConfig,
+    audio_stats,
+    decode_audio,
+    decode_image,
+    image_stats,
+    image_to_model_input,
+    log_mel,
+)
+from dualmedia.snapshot import (
+    STAT_COLUMNS,
+    SnapshotArrays,
+    SnapshotInfo,
+    label_column,
+    record_schema,
+    snapshot_prefix,
+    table_to_arrays,
+)
+from dualmedia.storage import ObjectStore, S3Uri
+from dualmedia.synthetic import GeneratorKnobs, generate_dataset
+
+RECORDS_FILE = "records/part-00000.parquet"
+
+
+def split_for(item_id: str, train: float = 0.7, val: float = 0.15) -> str:
+    """Deterministic split from a hash of the id (stable when the dataset grows)."""
+    bucket = int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "train" if bucket < train else "val" if bucket < train + val else "test"
+
+
+def _record_row(
+    record: dict[str, Any], batch_dir: Path, batch: str, spec: DatasetSpec, media: MediaConfig
+) -> dict[str, Any]:
+    row: dict[str, Any] = {c: None for c in STAT_COLUMNS}
+    text = record.get("text")
+    row.update(
+        id=record["id"],
+        batch=batch,
+        split=record.get("split") or split_for(record["id"]),
+        created_at=record.get("created_at"),
+        text=text,
+        image=None,
+        audio=None,
+        audio_valid_frames=None,
+    )
+    if text is not None:
+        row["text_length"] = float(len(text))
+    if record.get("image"):
+        decoded = decode_image((batch_dir / record["image"]).read_bytes())
+        row["image"] = image_to_model_input(decoded, media).tobytes()
+        row.update(image_stats(decoded))
+    if record.get("audio"):
+        decoded_audio = decode_audio((batch_dir / record["audio"]).read_bytes())
+        spec_, valid = log_mel(decoded_audio, media)
+        row["audio"] = spec_.astype(np.float16).tobytes()
+        row["audio_valid_frames"] = valid
+        row.update({k: v for k, v in audio_stats(decoded_audio).items() if k in STAT_COLUMNS})
+    labels = record.get("labels") or {}
+    for name in spec.labels:
+        value = labels.get(name)
+        row[label_column(name)] = None if value is None else spec.encode_label(name, value)
+    return row
+
+
+def records_table(dataset_dir: Path, media: MediaConfig) -> tuple[pa.Table, DatasetSpec]:
+    """Every record of every batch of a local dataset folder, preprocessed."""
+    dataset_dir = Path(dataset_dir)
+    spec = load_dataset_spec(dataset_dir)
+    rows = []
+    for batch in find_batches(dataset_dir):
+        batch_dir = dataset_dir / batch
+        for line in (batch_dir / MANIFEST_FILE).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rows.append(_record_row(json.loads(line), batch_dir, batch, spec, media))
+    schema = record_schema(spec)
+    return pa.Table.from_pylist(rows, schema=schema), spec
+
+
+def arrays_from_folder(
+    dataset_dir: Path, split: str | None = None, media: MediaConfig | None = None
+) -> SnapshotArrays:
+    """A split of a local dataset folder as SnapshotArrays (no object storage involved)."""
+    media = media or MediaConfig()
+    table, spec = records_table(dataset_dir, media)
+    if split is not None:
+        table = table.filter(pa.array(np.asarray(table.column("split").to_pylist()) == split))
+    return table_to_arrays(table, spec, media)
+
+
+def write_snapshot_folder(
+    dataset_dir: Path, out_dir: Path, media: MediaConfig | None = None
+) -> SnapshotInfo:
+    """Write records Parquet, snapshot.json and dataset.yaml; the id hashes the records."""
+    media = media or MediaConfig()
+    table, spec = records_table(dataset_dir, media)
+    out_dir = Path(out_dir)
+    (out_dir / "records").mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out_dir / RECORDS_FILE)
+    digest = hashlib.sha256((out_dir / RECORDS_FILE).read_bytes())
+    digest.update(json.dumps(media.to_dict(), sort_keys=True).encode())
+    splits = table.column("split").to_pylist()
+    batches = sorted(set(table.column("batch").to_pylist()))
+    info = SnapshotInfo(
+        snapshot_id=digest.hexdigest()[:16],
+        dataset=spec.name,
+        source_uri=str(dataset_dir),
+        media=media.to_dict(),
+        batches={b: "local" for b in batches},
+        counts={**{s: splits.count(s) for s in ("train", "val", "test")}, "total": len(splits)},
+        created_at=str(max(table.column("created_at").to_pylist(), default="") or ""),
+    )
+    (out_dir / "snapshot.json").write_text(json.dumps(info.to_dict(), indent=2))
+    (out_dir / DATASET_FILE).write_text(spec.to_yaml(), encoding="utf-8")
+    return info
+
+
+def publish_snapshot(
+    store: ObjectStore, lake_bucket: str, dataset_dir: Path, media: MediaConfig | None = None
+) -> str:
+    """Publish a local dataset folder as a committed snapshot; returns its s3:// URI.
+    Idempotent: the same records give the same id, and a committed one is reused."""
+    with tempfile.TemporaryDirectory(prefix="dualmedia-snapshot-") as tmp:
+        info = write_snapshot_folder(dataset_dir, Path(tmp), media)
+        uri: S3Uri = snapshot_prefix(lake_bucket, info.dataset, info.snapshot_id)
+        store.ensure_bucket(lake_bucket)
+        if not store.is_committed(uri):
+            store.publish_dir(Path(tmp), uri, metadata={"snapshot_id": info.snapshot_id})
+    return str(uri)
+
+
+def synthetic_snapshot(
+    store: ObjectStore,
+    lake_bucket: str,
+    workdir: Path,
+    n: int,
+    seed: int = 0,
+    knobs: GeneratorKnobs | None = None,
+) -> str:
+    """Generate a synthetic dataset of `n` items under `workdir` and publish it."""
+    folder = Path(workdir) / f"synthetic-{n}-{seed}"
+    if not (folder / DATASET_FILE).is_file():
+        generate_dataset(folder, n, seed=seed, knobs=knobs or GeneratorKnobs())
+    return publish_snapshot(store, lake_bucket, folder)
+
+
+def random_arrays(
+    spec: DatasetSpec,
+    n: int,
+    media: MediaConfig | None = None,
+    missing_rate: float = 0.2,
+    seed: int = 0,
+) -> SnapshotArrays:
+    """Random SnapshotArrays for unit tests: noise media, short texts, random labels;
+    each modality missing with `missing_rate`, at least one kept per item."""
+    media = media or MediaConfig()
+    rng = np.random.default_rng(seed)
+    names = [m.value for m in spec.modalities]
+    present = rng.random((n, len(names))) >= missing_rate
+    present[~present.any(axis=1), 0] = True
+    words = ("great", "broken", "fine", "lamp", "mug", "late", "love", "meh")
+    labels = {}
+    for name, label in spec.labels.items():
+        values = rng.integers(0, len(label.classes), n)
+        values[rng.random(n) < 0.1] = -1  # some labels missing
+        labels[name] = values.astype(np.int64)
+    full = {m.value: np.zeros(n, dtype=bool) for m in Modality}
+    full.update({m: present[:, i] for i, m in enumerate(names)})
+    texts = [" ".join(rng.choice(words, 4)) if full["text"][i] else None for i in range(n)]
+    image = rng.integers(0, 256, (n, media.image_size, media.image_size, 3), dtype=np.uint8)
+    audio = rng.normal(-6.0, 3.0, (n, media.n_mels, media.audio_frames)).astype(np.float32)
+    image[~full["image"]] = 0
+    audio[~full["audio"]] = np.log(1e-6)
+    return SnapshotArrays(
+        ids=[f"item-{i:04d}" for i in range(n)],
+        text=texts,
+        image=image,
+        audio=audio,
+        audio_valid_frames=np.where(full["audio"], media.audio_frames, 0).astype(np.int64),
+        present={Modality(m): v for m, v in full.items()},
+        labels=labels,
+    )
