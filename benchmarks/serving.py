@@ -11,7 +11,7 @@ and throughput at concurrency 1, 8, 16 (embed) and 32, side by side, for
   - TorchServe with the configured settings (Settings.serving_batch_size,
     serving_max_batch_delay_ms, serving_workers, serving_threads), registered the
     way serving.deploy registers them,
-  - TorchServe without batching (the effect of batching), with a 2 ms batch delay,
+  - TorchServe without batching (the effect of batching), with a 5 ms batch delay,
     and with the cores split as 2 workers x 1 torch thread or 1 worker x 2 threads
     (more with --variants),
   - `mlflow models serve` (1 worker) of the same weights, saved as the training pyfunc.
@@ -30,7 +30,7 @@ column says how many cores other processes used meanwhile. Timings only: nothing
 here fails on a threshold.
 
     .venv/bin/python benchmarks/serving.py [--requests 200] [--quick] [--json]
-        [--variants nobatch,delay2,w2t1,w1t2]   # add blas1,w2t1-blas1,delay2-blas1,delay1
+        [--variants nobatch,delay5,w2t1,w1t2]   # add blas1,w2t1-blas1,delay2-blas1,delay1,delay2
 
 The default run takes about 4-6 minutes on 2 cores (--quick: about 2).
 """
@@ -495,7 +495,7 @@ class ServingConfig:
 
 # numpy's OpenBLAS (the log-mel of audio) is not bound by torch.set_num_threads.
 ONE_BLAS_THREAD = (("OPENBLAS_NUM_THREADS", "1"),)
-DEFAULT_VARIANTS = "nobatch,delay2,w2t1,w1t2"
+DEFAULT_VARIANTS = "nobatch,delay5,w2t1,w1t2"
 
 
 def variants(c: ServingConfig) -> dict[str, ServingConfig]:
@@ -506,6 +506,7 @@ def variants(c: ServingConfig) -> dict[str, ServingConfig]:
             ServingConfig("nobatch", 1, 0, c.workers, c.threads),
             ServingConfig("delay2", batch, 2, c.workers, c.threads),
             ServingConfig("delay1", batch, 1, c.workers, c.threads),
+            ServingConfig("delay5", batch, 5, c.workers, c.threads),
             ServingConfig("w2t1", c.batch_size, delay, 2, 1),
             ServingConfig("w1t2", c.batch_size, delay, 1, 2),
             ServingConfig("blas1", c.batch_size, delay, c.workers, c.threads, ONE_BLAS_THREAD),
@@ -897,7 +898,7 @@ def main() -> None:
         "--variants",
         default=DEFAULT_VARIANTS,
         help="TorchServe variants next to the configured settings, comma-separated, from: "
-        "nobatch, delay2, delay1 (batch 8 with that max delay), w2t1, w1t2 (workers x "
+        "nobatch, delay1, delay2, delay5 (batch 8 with that max delay), w2t1, w1t2 (workers x "
         "threads), blas1, w2t1-blas1, delay2-blas1 (numpy's OpenBLAS on 1 thread)",
     )
     parser.add_argument(

@@ -4,7 +4,7 @@ Each served item becomes one row: time, task, model version, raw-field statistic
 which modalities it had, its embeddings and (for insights) its predicted classes.
 Rows are buffered in the worker and written to object storage as small Parquet
 files under `s3://<lake>/monitoring/<dataset>/served/`; recording never fails or
-slows a request beyond appending to a list.
+slows a request beyond appending to a list (writes happen on a background thread).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class ServedLog:
         self.rows: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
         self.lock = threading.Lock()
+        self.flushing = threading.Event()  # set while a background flush runs
         atexit.register(self.flush)
 
     @classmethod
@@ -101,8 +102,16 @@ class ServedLog:
                 len(self.rows) >= self.flush_every
                 or time.monotonic() - self.last_flush > self.flush_seconds
             )
-        if due:
+        if due and not self.flushing.is_set():
+            # Off the request path: the answer does not wait for Parquet and S3.
+            self.flushing.set()
+            threading.Thread(target=self._flush_in_background, daemon=True).start()
+
+    def _flush_in_background(self) -> None:
+        try:
             self.flush()
+        finally:
+            self.flushing.clear()
 
     def flush(self) -> None:
         with self.lock:

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import requests
 
+from dualmedia.settings import REPO_ROOT
 from dualmedia.stack.base import Service, venv_bin
+
+LOG_CONFIG = REPO_ROOT / "infra" / "torchserve-log4j2.xml"
 
 
 class TorchServeService(Service):
@@ -48,6 +51,8 @@ class TorchServeService(Service):
             str(self.config_path),
             "--model-store",
             str(self.model_store),
+            "--log-config",
+            str(LOG_CONFIG),
         ]
 
     def extra_env(self) -> dict[str, str]:
@@ -82,6 +87,8 @@ class TorchServeService(Service):
             "default_workers_per_model=1",
             "install_py_dep_per_model=false",
             "disable_system_metrics=true",
+            # Log writes off the request path (a queue and a logging thread).
+            "async_logging=true",
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
 
