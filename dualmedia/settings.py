@@ -84,8 +84,13 @@ class Settings(BaseSettings):
     # as 5 ms, 4 ms less at concurrency 1).
     serving_batch_size: int = 8
     serving_max_batch_delay_ms: int = 1
-    serving_workers: int = 1
-    serving_threads: int = Field(default=1, description="torch threads per serving worker")
+    # One single-threaded worker per core (at most 4) beats fewer workers with more
+    # threads: batches of short inputs barely parallelise inside one forward.
+    serving_workers: int = Field(
+        default_factory=lambda: max(1, min(os.cpu_count() or 1, 4)),
+        description="TorchServe workers per endpoint (default: one per core, at most 4)",
+    )
+    serving_threads: int = Field(default=1, description="torch and BLAS threads per serving worker")
 
     # The registered model the CLI's promote/deploy/publish/monitor act on by default.
     model_name: str = "customer-feedback"

@@ -22,10 +22,13 @@ MODALITIES = ("text", "image", "audio")
 
 def _frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
+    # A column no row has (e.g. no served item had audio) is still there, typed.
     for col in RAW_COLUMNS:
-        frame[col] = pd.to_numeric(frame.get(col), errors="coerce").astype("float64")
+        values = frame[col] if col in frame else pd.Series(np.nan, index=frame.index)
+        frame[col] = pd.to_numeric(values, errors="coerce").astype("float64")
     for col in PRESENCE_COLUMNS:
-        frame[col] = frame.get(col, False).astype(bool)
+        values = frame[col] if col in frame else pd.Series(False, index=frame.index)
+        frame[col] = values.fillna(False).astype(bool)
     return frame
 
 
@@ -135,7 +138,7 @@ def served_window(
             rows.append(row)
             for m, vector in json.loads(record["embeddings"]).items():
                 vectors[m].append(vector)
-    frame = _frame_from_rows(rows) if rows else _frame_from_rows([{}]).iloc[0:0]
+    frame = _frame_from_rows(rows)
     return Window(
         frame,
         {m: np.asarray(v, dtype=np.float32) for m, v in vectors.items() if v},

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from dualmedia.contract import Modality
 from dualmedia.media import MediaConfig
@@ -41,7 +42,11 @@ class InferenceRuntime:
         self.media: MediaConfig = model.media
         self.catalogue = catalogue
         self.model_version = model_version
+        # The worker's whole CPU budget: torch's threads and the BLAS numpy uses for
+        # the log-mel (OpenBLAS ignores torch's setting and would take every core, so
+        # two workers would oversubscribe the machine).
         torch.set_num_threads(max(1, threads))
+        threadpool_limits(limits=max(1, threads))
 
     @classmethod
     def from_folder(cls, folder: Path, model_version: str, threads: int = 1) -> InferenceRuntime:

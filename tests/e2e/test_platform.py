@@ -106,10 +106,15 @@ def test_endpoints_record_what_they_served(platform: dict) -> None:
 
     settings: Settings = platform["settings"]
     ts = TorchServeClient(settings)
-    # Workers write their log every 32 served items (or 30 s): send enough to flush.
-    for i in range(40):
+    # Each worker writes its log every 32 items it served (or 30 s), on a background
+    # thread: with more than 31 per worker sent, at least one worker writes.
+    for i in range(32 * settings.serving_workers + 8):
         assert ts.predict("insights", {"text": f"served item number {i}"}).status_code == 200
+    deadline = time.monotonic() + 60
     window = served_window(settings, "customer-feedback")
+    while len(window.frame) < 32 and time.monotonic() < deadline:
+        time.sleep(1)
+        window = served_window(settings, "customer-feedback")
     assert len(window.frame) >= 32
     assert window.frame["has_text"].all() and not window.frame["has_image"].any()
     assert set(window.frame["pred_sentiment"].dropna()) <= {"negative", "neutral", "positive"}
