@@ -108,6 +108,8 @@ def retrieval_metrics(
                 ks,
             )
             results[f"{a}_to_{b}"] = {f"R@{k}": v for k, v in recall.items()}
+            # What a random ranking scores at k=1 (one item per id): the yardstick.
+            results[f"{a}_to_{b}"]["chance_R@1"] = 1.0 / max(1, int(cb.sum()))
     return results
 
 

@@ -77,7 +77,7 @@ def test_evaluation_covers_every_pair_label_and_ablation(model, tmp_path: Path) 
         "text_to_image", "text_to_audio", "image_to_text",
         "image_to_audio", "audio_to_text", "audio_to_image",
     }  # fmt: skip
-    assert set(result["retrieval"]["text_to_image"]) == {"R@1", "R@5", "R@10"}
+    assert set(result["retrieval"]["text_to_image"]) == {"R@1", "R@5", "R@10", "chance_R@1"}
     # Zero-shot only for categorical labels, against the non-text modalities.
     assert set(result["zero_shot"]) == {"sentiment", "category"}
     assert set(result["zero_shot"]["category"]) == {"image", "audio"}
