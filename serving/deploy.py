@@ -6,7 +6,8 @@ Deploying version v of an archive:
      the default, with the configured batching and workers,
   3. send a smoke request to that exact version of every endpoint,
   4. only then make v the default, keeping the previous default registered for
-     rollback, and unregister anything older,
+     rollback but with no workers (its memory back; rollback starts them again), and
+     unregister anything older,
   5. record the deployment (settings.torchserve_deployments_file).
 A failing smoke test unregisters v and leaves the previous version serving.
 Re-deploying the version already serving does nothing.
@@ -110,6 +111,9 @@ def deploy(archive: Path, version: str, settings: Settings) -> dict[str, Any]:
     for task in TASKS:
         client.set_default(task, version)
     removed = _unregister_older(client, version, current)
+    for task in TASKS:
+        if current[task] not in (None, version):
+            client.scale(task, current[task], 0)
     endpoints = record.setdefault("endpoints", {})
     for task in TASKS:
         previous = (
@@ -171,10 +175,13 @@ def rollback(settings: Settings) -> dict[str, Any]:
                 max_batch_delay_ms=settings.serving_max_batch_delay_ms,
                 workers=settings.serving_workers,
             )
+        else:  # kept registered without workers by deploy
+            client.scale(task, entry["previous"], settings.serving_workers)
         smoke_test(client, task, entry["previous"])
     for task in TASKS:
         entry = endpoints[task]
         client.set_default(task, entry["previous"])
+        client.scale(task, entry["default"], 0)
         entry["default"], entry["previous"] = entry["previous"], entry["default"]
     record.setdefault("history", []).append(
         {"at": datetime.now(UTC).isoformat(timespec="seconds"), "rolled_back_to": target}

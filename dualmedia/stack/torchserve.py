@@ -109,12 +109,14 @@ class TorchServeService(Service):
                 archive = entry["archives"].get(version)
                 if archive is None or not (self.model_store / archive).exists():
                     continue
+                # The previous version stays registered for rollback, without workers.
+                workers = s.serving_workers if version == entry["default"] else 0
                 params = {
                     "url": archive,
                     "model_name": name,
                     "batch_size": s.serving_batch_size,
                     "max_batch_delay": s.serving_max_batch_delay_ms,
-                    "initial_workers": s.serving_workers,
+                    "initial_workers": workers,
                     "synchronous": "true",
                 }
                 requests.post(f"{base}/models", params=params, headers=headers, timeout=300)

@@ -142,6 +142,10 @@ def _worker_pids(client: TorchServeClient, task: str) -> list[int]:
     return sorted(w["pid"] for w in described[0]["workers"])
 
 
+def _workers(client: TorchServeClient, task: str, version: str) -> int:
+    return len(client._management("GET", f"models/{task}/{version}")[0]["workers"])
+
+
 def test_deploy_rollback_and_restart(served: dict) -> None:
     settings: Settings = served["settings"]
     client: TorchServeClient = served["client"]
@@ -153,9 +157,13 @@ def test_deploy_rollback_and_restart(served: dict) -> None:
     assert {v["modelVersion"] for v in client.versions("embed")} == {"1", "2"}
     v2_answer = client.predict("embed", {"text": "which model?"}).json()
     assert v2_answer["model_version"] == "2"
+    # The previous version stays registered for rollback, without workers (memory).
+    workers = settings.serving_workers
+    assert [_workers(client, "insights", v) for v in ("1", "2")] == [0, workers]
 
     assert rollback(settings)["version"] == "1"
     assert client.predict("embed", {"text": "which model?"}).json()["model_version"] == "1"
+    assert [_workers(client, "insights", v) for v in ("1", "2")] == [workers, 0]
     assert load_record(settings)["endpoints"]["embed"] == {
         "default": "1",
         "previous": "2",
@@ -167,6 +175,7 @@ def test_deploy_rollback_and_restart(served: dict) -> None:
     stack.up()
     assert client.default_version("embed") == "1"
     assert client.predict("insights", {"text": "back again"}).status_code == 200
+    assert [_workers(client, "insights", v) for v in ("1", "2")] == [workers, 0]
 
 
 def test_a_failing_version_is_not_made_default(served: dict, tmp_path: Path) -> None:
