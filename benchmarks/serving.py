@@ -318,14 +318,7 @@ class InProcessEndpoint(Endpoint):
         return [self.bodies.fields(task) for _ in range(n)]
 
     def measure(self, task: str, payloads: list[Any], concurrency: int, budget: float) -> Measured:
-        # numpy's BLAS (log-mel) gets the same thread budget as torch: one request's
-        # compute on `threads` cores, however busy the machine is.
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=self.threads):
-            return self._measure(task, payloads, budget)
-
-    def _measure(self, task: str, payloads: list[Any], budget: float) -> Measured:
+        # The runtime bounds torch and numpy's BLAS to `threads`, as in a TorchServe worker.
         result = Measured()
         stop_at = time.perf_counter() + budget
         t_start = time.perf_counter()
@@ -493,8 +486,8 @@ class ServingConfig:
         return f"TorchServe {self.workers}w x {self.threads}t, {batching}{star}"
 
     @property
-    def instance(self) -> tuple[int, tuple[tuple[str, str], ...]]:
-        """What needs a TorchServe of its own: the worker environment."""
+    def instance(self) -> int:
+        """What needs a TorchServe of its own: the threads (from the worker's environment)."""
         return self.threads
 
     @property

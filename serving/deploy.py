@@ -89,18 +89,8 @@ def deploy(archive: Path, version: str, settings: Settings) -> dict[str, Any]:
     registered: list[str] = []
     try:
         for task in TASKS:
-            versions = {v["modelVersion"] for v in client.versions(task)}
-            if version not in versions:
-                client.register(
-                    url,
-                    task,
-                    batch_size=settings.serving_batch_size,
-                    max_batch_delay_ms=settings.serving_max_batch_delay_ms,
-                    workers=settings.serving_workers,
-                )
+            if _start(client, task, version, url, settings):
                 registered.append(task)
-            else:
-                client.scale(task, version, settings.serving_workers)
         for task in TASKS:
             smoke_test(client, task, version)
     except (TorchServeError, DeployError) as exc:
@@ -140,6 +130,27 @@ def deploy(archive: Path, version: str, settings: Settings) -> dict[str, Any]:
     }
 
 
+def _start(
+    client: TorchServeClient, task: str, version: str, archive: str | None, settings: Settings
+) -> bool:
+    """Give `version` of endpoint `task` the configured workers: scale it up when it is
+    registered (deploy keeps the previous version registered with none), else register
+    `archive` with the configured batching. True when it registered."""
+    if version in {v["modelVersion"] for v in client.versions(task)}:
+        client.scale(task, version, settings.serving_workers)
+        return False
+    if archive is None:
+        raise DeployError(f"{task}: the archive of version {version} is unknown")
+    client.register(
+        archive,
+        task,
+        batch_size=settings.serving_batch_size,
+        max_batch_delay_ms=settings.serving_max_batch_delay_ms,
+        workers=settings.serving_workers,
+    )
+    return True
+
+
 def _unregister_older(
     client: TorchServeClient, version: str, previous: dict[str, str | None]
 ) -> list[str]:
@@ -163,21 +174,9 @@ def rollback(settings: Settings) -> dict[str, Any]:
     target = endpoints[TASKS[0]]["previous"]
     for task in TASKS:
         entry = endpoints[task]
-        versions = {v["modelVersion"] for v in client.versions(task)}
-        if entry["previous"] not in versions:
-            archive = entry["archives"].get(entry["previous"])
-            if archive is None:
-                raise DeployError(f"{task}: the archive of version {entry['previous']} is unknown")
-            client.register(
-                archive,
-                task,
-                batch_size=settings.serving_batch_size,
-                max_batch_delay_ms=settings.serving_max_batch_delay_ms,
-                workers=settings.serving_workers,
-            )
-        else:  # kept registered without workers by deploy
-            client.scale(task, entry["previous"], settings.serving_workers)
-        smoke_test(client, task, entry["previous"])
+        previous = entry["previous"]
+        _start(client, task, previous, entry["archives"].get(previous), settings)
+        smoke_test(client, task, previous)
     for task in TASKS:
         entry = endpoints[task]
         client.set_default(task, entry["previous"])

@@ -137,13 +137,14 @@ def test_not_json_and_no_token(served: dict) -> None:
     assert 400 <= requests.post(url, json={"text": "hi"}, timeout=30).status_code < 500
 
 
-def _worker_pids(client: TorchServeClient, task: str) -> list[int]:
-    described = client._management("GET", f"models/{task}")
-    return sorted(w["pid"] for w in described[0]["workers"])
+def _worker_pids(client: TorchServeClient, task: str, version: str | None = None) -> list[int]:
+    """The worker processes of an endpoint's default version, or of `version`."""
+    path = f"models/{task}" + (f"/{version}" if version else "")
+    return sorted(w["pid"] for w in client._management("GET", path)[0]["workers"])
 
 
 def _workers(client: TorchServeClient, task: str, version: str) -> int:
-    return len(client._management("GET", f"models/{task}/{version}")[0]["workers"])
+    return len(_worker_pids(client, task, version))
 
 
 def test_deploy_rollback_and_restart(served: dict) -> None:

@@ -16,13 +16,11 @@ from serving.served_log import ServedLog
 class RecordingStore:
     """Stands in for ObjectStore: keeps what was written and on which thread."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
+    def __init__(self) -> None:
         self.written: dict[str, bytes] = {}
         self.threads: list[str] = []
 
     def write_bytes(self, uri: S3Uri, data: bytes) -> None:
-        time.sleep(self.delay_s)
         self.threads.append(threading.current_thread().name)
         self.written[str(uri)] = data
 
@@ -37,7 +35,7 @@ def _rows(store: RecordingStore) -> int:
 
 
 def test_full_buffer_is_written_on_a_background_thread_and_nothing_is_lost() -> None:
-    store = RecordingStore(delay_s=0.1)  # a slow object store
+    store = RecordingStore()
     prefix = S3Uri("lake", "monitoring/ds/served")
     log = ServedLog(store, prefix, "embed", "3", flush_every=4)  # type: ignore[arg-type]
     for i in range(4):
