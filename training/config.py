@@ -92,11 +92,11 @@ class DataConfig(_Strict):
     primary_label: str | None = Field(
         default=None, description="label balanced by the sampler; None = first categorical"
     )
-    augment: bool = True  # photos: flips and shifts; spectrograms: time and mel masks
+    augment: bool = True  # photos: flips and shifts; spectrograms: truncation, time and mel masks
 
 
 class StageConfig(_Strict):
-    epochs: int = 10
+    epochs: int = 20
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 20

@@ -63,13 +63,27 @@ def augment_image(image: torch.Tensor, max_shift: int = 4) -> torch.Tensor:
 
 
 def augment_logmel(
-    logmel: torch.Tensor, valid_frames: int, max_time_mask: int = 20, max_freq_mask: int = 8
+    logmel: torch.Tensor,
+    valid_frames: int,
+    max_time_mask: int = 20,
+    max_freq_mask: int = 8,
+    min_kept_frames: int = 50,
 ) -> torch.Tensor:
-    """SpecAugment-style: one time band (within the real audio) and one mel band set to the
-    clip's mean, so the encoder cannot rely on any single moment or frequency."""
+    """Random truncation, then SpecAugment-style masking.
+
+    The clip is cut at a random length (at least `min_kept_frames`, 1 s at the default
+    20 ms hop) and the rest set to padding: on small datasets a clip's exact length is a
+    fingerprint that contrastive training memorises instead of learning what is said.
+    Then one time band (within the kept audio) and one mel band are set to the clip's mean,
+    so the encoder cannot rely on any single moment or frequency.
+    """
     out = logmel.clone()
     n_mels, frames = out.shape
     valid = max(1, min(valid_frames, frames))
+    if valid < frames:  # the padding value is whatever fills the frames after the audio
+        kept = int(torch.randint(min(valid, min_kept_frames), valid + 1, ()))
+        out[:, kept:valid] = out[0, valid]
+        valid = kept
     fill = out[:, :valid].mean()
     width = int(torch.randint(0, max_time_mask + 1, ()))
     if width and valid > width:

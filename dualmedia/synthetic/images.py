@@ -1,7 +1,7 @@
 """Product photos: one drawn product per category, damage drawn on it, on a lit background.
 
 Drawn at twice the final size with PIL primitives and scaled down (cheap anti-aliasing). The
-product sits at a random position, scale and tilt, in a random colour from a palette, over a
+product sits at a random position, scale and tilt, in the story's colour (jittered), over a
 gradient background with a texture and a drop shadow; lighting varies in level and direction.
 A damaged product always shows it: dark jagged cracks, and often a missing chunk or a dent.
 """
@@ -14,27 +14,12 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dualmedia.synthetic.story import ItemStory
+from dualmedia.synthetic.story import COLOURS, ItemStory
 
 IMAGE_SIZE = 96
 _SCALE = 2  # supersampling factor
 _CANVAS = IMAGE_SIZE * _SCALE
 
-# Product colours; a few are dark so "dark pixels" alone is not a perfect damage detector.
-PRODUCT_PALETTE = (
-    (200, 40, 40),
-    (40, 90, 190),
-    (40, 150, 80),
-    (235, 200, 60),
-    (240, 240, 235),
-    (150, 90, 200),
-    (240, 130, 40),
-    (90, 90, 100),
-    (60, 70, 110),
-    (180, 140, 100),
-    (30, 170, 170),
-    (230, 120, 170),
-)
 # Light, muted backgrounds: a table, a wall, a floor.
 BACKGROUND_PALETTE = (
     (225, 220, 210),
@@ -225,7 +210,9 @@ def _draw_damage(layer: Image.Image, rng: np.random.Generator, colour: np.ndarra
 def render_photo(story: ItemStory, rng: np.random.Generator, image_shift: float) -> Image.Image:
     """The item's product photo, IMAGE_SIZE x IMAGE_SIZE RGB."""
     background = _background(rng)
-    colour = _colour(rng, PRODUCT_PALETTE)
+    # The story's colour, jittered a little per photo (as lighting and cameras do).
+    jitter = rng.normal(0.0, 10.0, 3)
+    colour = np.clip(np.array(COLOURS[story.colour], dtype=float) + jitter, 0, 255)
     scale = rng.uniform(0.75, 1.1)
     layer = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
     PRODUCT_DRAWERS[story.category](ImageDraw.Draw(layer), colour, scale)

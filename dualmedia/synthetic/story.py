@@ -20,6 +20,24 @@ from dualmedia.contract import Modality
 
 SENTIMENTS = ("negative", "neutral", "positive")
 CATEGORIES = ("mug", "shoe", "lamp", "backpack", "headphones")
+# The product's colour: what makes one item findable among others of its kind. The photo shows
+# it, most texts name it and every voice note says it, so same-item retrieval across modalities
+# has something to go on beyond the labels. RGB before per-photo jitter; two are dark, so "dark
+# pixels" alone is not a perfect damage detector.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (200, 40, 40),
+    "blue": (40, 90, 190),
+    "green": (40, 150, 80),
+    "yellow": (235, 200, 60),
+    "white": (240, 240, 235),
+    "purple": (150, 90, 200),
+    "orange": (240, 130, 40),
+    "grey": (90, 90, 100),
+    "navy": (60, 70, 110),
+    "tan": (180, 140, 100),
+    "teal": (30, 170, 170),
+    "pink": (230, 120, 170),
+}
 
 # The generative story's probabilities (documented in docs/generator.md).
 BASE_DAMAGE_RATE = 0.25
@@ -37,6 +55,7 @@ MISMATCH_RATE_BY_MOOD = {"negative": 0.35, "neutral": 0.0, "positive": 0.08}
 # neutral, polite words.
 SARCASM_SHARE = 0.6
 CATEGORY_MENTION_RATE = 0.5
+COLOUR_MENTION_RATE = 0.85
 DAMAGE_MENTION_RATE = 0.4
 # Expression strength of a non-neutral mood in the voice: weak expressions sound almost neutral,
 # which keeps audio from being a perfect sentiment oracle.
@@ -97,11 +116,13 @@ class ItemStory:
 
     index: int
     category: str
+    colour: str  # a key of COLOURS: shown in the photo, said in the voice, often written
     damaged: bool
     sentiment: str  # the customer's true mood, carried by the voice
     word_polarity: str  # the polarity the words show on the surface
     mismatch: bool  # words disagree with the voice
     mentions_category: bool
+    mentions_colour: bool
     mentions_damage: bool
     expression: float  # 0..1, how strongly the voice shows the mood (liveliness if neutral)
     speaker: Speaker
@@ -206,6 +227,8 @@ def draw_story(
         # A higher register goes with a shorter vocal tract: higher formants.
         formant_scale=(1.0 if register == LOW_VOICE_PITCH_HZ else 1.12) * (0.95 + 0.1 * u[12]),
     )
+    # Slots 16 and 17 were unused before colours existed, so the other decisions are unchanged.
+    colour = list(COLOURS)[int(u[16] * len(COLOURS)) % len(COLOURS)]
     true_labels: dict[str, str | bool] = {
         "sentiment": sentiment,
         "category": category,
@@ -215,11 +238,13 @@ def draw_story(
     return ItemStory(
         index=index,
         category=category,
+        colour=colour,
         damaged=damaged,
         sentiment=sentiment,
         word_polarity=word_polarity,
         mismatch=mismatch,
         mentions_category=mentions_category,
+        mentions_colour=bool(u[17] < COLOUR_MENTION_RATE),
         mentions_damage=mentions_damage,
         expression=expression,
         speaker=speaker,

@@ -1,8 +1,8 @@
 """Review texts: what the customer writes, in words whose surface polarity may hide the mood.
 
-The words depend only on the story's word polarity, on whether the product and the damage are
-mentioned, and on the item's text streams, never on the true mood directly. So a sarcastic
-"Oh great, it arrived in pieces. Just perfect." is drawn from the same pool for an angry
+The words depend only on the story's word polarity, on whether the product, its colour and the
+damage are mentioned, and on the item's text streams, never on the true mood directly. So a
+sarcastic "Oh great, it arrived in pieces. Just perfect." is drawn from the same pool for an angry
 customer as for a sincerely cheerful one with a damaged parcel: only the voice tells them apart.
 """
 
@@ -120,6 +120,15 @@ DAMAGE_SENTENCES = {
         "It arrived in pieces.",
     ),
 }
+# Colour sentences carry no polarity: they only say which one the customer has.
+COLOUR_SENTENCES = (
+    "I got the {colour} one.",
+    "Mine is {colour}.",
+    "Ordered it in {colour}.",
+    "The colour is {colour}.",
+    "Went for the {colour} version.",
+    "Bought it in {colour}.",
+)
 CLOSERS = {
     "positive": (
         "Thanks!", "Highly recommend.", "Fast delivery too.", "👍", "Will order again.",
@@ -250,6 +259,9 @@ def render_text(
         damage = _fill(_choice(rng, DAMAGE_SENTENCES[polarity]), thing, rng)
         # Damage first or second: the position carries nothing.
         sentences.insert(int(rng.integers(2)), damage)
+    if story.mentions_colour:
+        colour = _choice(rng, COLOUR_SENTENCES).format(colour=story.colour)
+        sentences.insert(int(rng.integers(len(sentences) + 1)), colour)
     if rng.random() < CLOSER_RATE:
         sentences.append(_choice(rng, CLOSERS[polarity]))
     if rng.random() < TYPO_RATE:

@@ -1,6 +1,8 @@
 """Speech-like voice notes whose prosody carries the speaker's true mood.
 
-Not words: a sequence of syllable-like voiced segments. Each syllable is a band-limited glottal
+Not real words: a sequence of syllable-like voiced segments. The note opens with two words of a
+toy lexicon, the product's colour and its name, each a fixed sequence of vowels (as a customer
+says "my red mug ..."); the rest is babble of random vowels. Each syllable is a band-limited glottal
 pulse train (all harmonics up to 0.45 x the sample rate), tilted by a one-pole low-pass (how
 bright or harsh the voice is), shaped by three formant resonances of a random vowel, and given an
 attack/decay envelope; some start with a short noise burst like a consonant. Syllables group into
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import io
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,14 +32,38 @@ NOISE_FLOOR_RMS = 3e-4
 DRIFT_NOISE_RATIO = 0.5
 
 # (F1, F2, F3) in Hz of a few vowels, for an adult low voice.
-VOWEL_FORMANTS_HZ = (
-    (730.0, 1090.0, 2440.0),  # a
-    (530.0, 1840.0, 2480.0),  # e
-    (290.0, 2250.0, 2900.0),  # i
-    (570.0, 840.0, 2410.0),  # o
-    (320.0, 900.0, 2240.0),  # u
-)
+VOWEL_FORMANTS_HZ = {
+    "a": (730.0, 1090.0, 2440.0),
+    "e": (530.0, 1840.0, 2480.0),
+    "i": (290.0, 2250.0, 2900.0),
+    "o": (570.0, 840.0, 2410.0),
+    "u": (320.0, 900.0, 2240.0),
+}
 FORMANT_BANDWIDTHS_HZ = (90.0, 110.0, 160.0)
+# The toy lexicon: each spoken word is a fixed sequence of VOWEL_FORMANTS_HZ's vowels. Colour
+# words have two syllables, product words three, and no two words share a sequence, so a
+# listener that hears the vowels knows the word whatever the speaker's pitch, tempo or mood.
+SPOKEN_COLOURS = {
+    "red": "eo",
+    "blue": "ua",
+    "green": "ie",
+    "yellow": "eu",
+    "white": "ai",
+    "purple": "ui",
+    "orange": "oi",
+    "grey": "ae",
+    "navy": "ao",
+    "tan": "au",
+    "teal": "io",
+    "pink": "ia",
+}
+SPOKEN_PRODUCTS = {
+    "mug": "uau",
+    "shoe": "oue",
+    "lamp": "aea",
+    "backpack": "aao",
+    "headphones": "eoi",
+}
 
 
 @dataclass(frozen=True)
@@ -114,14 +141,24 @@ def _pulse_train(f0: np.ndarray, sample_rate: int) -> np.ndarray:
     return pulses / np.sqrt(harmonics)
 
 
+def spoken_words(story: ItemStory) -> list[str]:
+    """The vowel sequences of the words the note opens with: the colour, then the product."""
+    return [SPOKEN_COLOURS[story.colour], SPOKEN_PRODUCTS[story.category]]
+
+
 def synthesize_voice(
     prosody: Prosody,
     speaker: Speaker,
     sample_rate: int,
     seconds: float,
     rng: np.random.Generator,
+    opening_words: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A voice note without background noise, and the mask of its voiced samples."""
+    """A voice note without background noise, and the mask of its voiced samples.
+
+    `opening_words` are vowel sequences spoken first (stressed, a little slower), as far as
+    the note's length allows; random babble follows.
+    """
     n_samples = round(seconds * sample_rate)
     f0 = np.zeros(n_samples)
     speech = np.zeros(n_samples)
@@ -131,12 +168,17 @@ def synthesize_voice(
     brightness_cutoff_hz = 250.0 + 3200.0 * prosody.brightness**1.5
     tilt_pole = float(np.exp(-2.0 * np.pi * brightness_cutoff_hz / sample_rate))
 
-    syllables: list[tuple[int, int]] = []
+    # (start, stop, vowel letter or None for a random vowel)
+    syllables: list[tuple[int, int, str | None]] = []
     t = rng.uniform(0.05, 0.2)
     end = seconds - rng.uniform(0.08, 0.2)
+    words = list(opening_words)
     while t < end:
-        for _ in range(int(rng.integers(1, 4))):
-            duration = rng.uniform(0.6, 1.0) / tempo
+        word: Sequence[str | None] = words.pop(0) if words else [None] * int(rng.integers(1, 4))
+        for vowel in word:
+            # Words of the lexicon are said with care: a little slower than babble.
+            stretch = (0.9, 1.2) if vowel is not None else (0.6, 1.0)
+            duration = rng.uniform(*stretch) / tempo
             if t + duration > end:
                 break
             start, stop = int(t * sample_rate), int((t + duration) * sample_rate)
@@ -146,13 +188,13 @@ def synthesize_voice(
             slope = prosody.contour_slope + rng.normal(0.0, 0.04 + 0.5 * prosody.pitch_spread)
             ramp = np.linspace(-0.5, 0.5, stop - start)
             f0[start:stop] = level * np.clip(1.0 + slope * ramp, 0.5, 1.8)
-            syllables.append((start, stop))
+            syllables.append((start, stop, vowel))
             t += duration + rng.uniform(0.015, 0.045)
         # Pauses between words shrink with tempo: fast talkers pause less.
         t += rng.uniform(0.25, 0.9) / tempo
 
     if not syllables:  # only for absurdly short notes (corrupt "too short" payloads)
-        syllables.append((0, n_samples))
+        syllables.append((0, n_samples, None))
         f0[:] = level_hz
     # Fill unvoiced stretches with the neighbouring pitch so the pulse phase stays continuous.
     filled = np.where(f0 > 0, f0, np.nan)
@@ -165,13 +207,17 @@ def synthesize_voice(
     source = lfilter([1.0 - tilt_pole], [1.0, -tilt_pole], source)
     source += prosody.roughness * 0.6 * np.std(source) * rng.normal(0.0, 1.0, n_samples)
 
-    for start, stop in syllables:
-        vowel = VOWEL_FORMANTS_HZ[int(rng.integers(len(VOWEL_FORMANTS_HZ)))]
+    babble_vowels = list(VOWEL_FORMANTS_HZ)
+    for start, stop, vowel in syllables:
+        babble = babble_vowels[int(rng.integers(len(babble_vowels)))]
+        formants = VOWEL_FORMANTS_HZ[babble if vowel is None else vowel]
         segment = lfilter(
-            [1.0], _formant_filter(vowel, speaker.formant_scale, sample_rate), source[start:stop]
+            [1.0], _formant_filter(formants, speaker.formant_scale, sample_rate), source[start:stop]
         )
         segment /= np.sqrt(np.mean(segment**2)) + 1e-12
         stress = rng.uniform(1.0 - 0.3 - prosody.roughness, 1.0)
+        if vowel is not None:
+            stress = 1.0
         segment *= _syllable_envelope(stop - start, rng) * max(stress, 0.3)
         if rng.random() < 0.4 + prosody.roughness:
             # Consonant-like onset: a short burst of high-passed noise.
@@ -221,6 +267,7 @@ def render_voice(
         sample_rate or story.audio_rate,
         seconds or story.audio_seconds,
         rng,
+        spoken_words(story),
     )
     return add_background(speech, voiced, noise_level, noise_rng)
 

@@ -29,6 +29,7 @@ from dualmedia.contract import (
     RejectReason,
     load_dataset_spec,
 )
+from dualmedia.media import MediaConfig, decode_audio, log_mel
 from dualmedia.synthetic import (
     EXPECTED_REJECTS_FILE,
     GenerateSummary,
@@ -36,7 +37,12 @@ from dualmedia.synthetic import (
     generate_dataset,
 )
 from dualmedia.synthetic import corruption as bounds
-from dualmedia.synthetic.story import AUDIO_SECONDS_RANGE, draw_story
+from dualmedia.synthetic.story import (
+    AUDIO_SECONDS_RANGE,
+    COLOUR_MENTION_RATE,
+    COLOURS,
+    draw_story,
+)
 from dualmedia.synthetic.texts import NEW_VOCABULARY, words
 
 BATCH = "batch-0001"
@@ -568,3 +574,51 @@ def test_mismatch_needs_text_and_audio(
     # Audio alone knows the mood, not whether the words hide it: no better than the majority.
     audio_accuracy = cross_val_score(logistic(), sound, mismatch, cv=folds).mean()
     assert audio_accuracy < majority + 0.03
+
+
+def test_colour_and_product_tie_an_items_modalities_together(
+    signal_batch: tuple[Path, GenerateSummary],
+) -> None:
+    """What same-item retrieval needs: the photo shows the story's colour, most texts name
+    it, and the voice note opens by saying the colour and the product."""
+    batch_dir, _ = signal_batch
+    records = read_manifest(batch_dir)
+    stories = [draw_story(7, int(r["id"].rsplit("-", 1)[1])) for r in records]
+    colours = np.array([s.colour for s in stories])
+    products = np.array([s.category for s in stories])
+    assert len(set(colours)) == len(COLOURS)
+
+    # Words: a colour word, when there is one, is the item's colour; ~85% of texts have one.
+    named = [[w for w in words(r["text"]) if w in COLOURS] for r in records]
+    assert all(found == [colour] for found, colour in zip(named, colours, strict=True) if found)
+    share = np.mean([bool(found) for found in named])
+    assert abs(share - COLOUR_MENTION_RATE) < 0.06, share
+
+    # Photo: the colour is linearly decodable from a coarse thumbnail.
+    thumbs = np.array(
+        [
+            np.asarray(Image.open(batch_dir / r["image"]).convert("RGB").resize((8, 8))).ravel()
+            for r in records
+        ],
+        dtype=float,
+    )
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    image_accuracy = cross_val_score(logistic(0.1), thumbs, colours, cv=folds).mean()
+    assert image_accuracy > 0.6, image_accuracy
+
+    # Voice: the opening words are decodable from the log-mel of the first 1.2 s (chance is
+    # 1/12 for the colour and 1/5 for the product).
+    config = MediaConfig()
+    openings = np.array(
+        [
+            log_mel(decode_audio((batch_dir / r["audio"]).read_bytes()), config)[0][:, :60]
+            .reshape(config.n_mels, 10, 6)
+            .mean(-1)
+            .ravel()
+            for r in records
+        ]
+    )
+    colour_accuracy = cross_val_score(logistic(0.1), openings, colours, cv=folds).mean()
+    product_accuracy = cross_val_score(logistic(0.1), openings, products, cv=folds).mean()
+    assert colour_accuracy > 0.6, colour_accuracy
+    assert product_accuracy > 0.45, product_accuracy
