@@ -60,7 +60,7 @@ def _print_monitor(r: dict[str, Any]) -> None:
     colour = "red" if r["verdict"] == "drift" else "green"
     out.print(
         f"[{colour}]{r['verdict']}[/] in {r['window']} ({r['n_current']} items) vs "
-        f"model v{r['model_version']}'s training data ({r['n_reference']} items)"
+        f"model v{r['model_version']}'s held-out training data ({r['n_reference']} items)"
     )
     for reason in r["reasons"]:
         out.print(f"  - {reason}")

@@ -32,6 +32,10 @@ class DriftConfig(BaseModel):
     embedding_sample: int = 5000
     embedding_bootstrap: bool = True
     embedding_auc_threshold: float = 0.55  # used when bootstrap is off
+    # With bootstrap: drift when the AUC beats this quantile of random classifiers' AUCs,
+    # i.e. a false-alarm rate of 1 - quantile per modality (Evidently's default is 0.95;
+    # three modalities at 5% each would flag one clean window in seven).
+    embedding_quantile: float = 0.99
     # Raw fields and predictions.
     column_drift_share: float = 0.5  # share of raw columns that must drift for "data drift"
     prediction_method: str = "psi"
@@ -74,7 +78,7 @@ def embedding_method(config: DriftConfig) -> Any:
     return model(
         threshold=config.embedding_auc_threshold,
         bootstrap=config.embedding_bootstrap,
-        quantile_probability=0.95,
+        quantile_probability=config.embedding_quantile,
         pca_components=config.embedding_pca_components,
     )
 
