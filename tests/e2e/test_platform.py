@@ -46,7 +46,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     stack.up()
     uri = f"s3://{settings.raw_bucket}/customer-feedback"
     try:
-        upload_batch(settings, uri, 300, seed=3, batch="batch-0001", start=0)
+        # 600 items: drift's reference is the held-out 30% (~180), enough per modality for
+        # the embedding checks (DriftConfig.min_window).
+        upload_batch(settings, uri, 600, seed=3, batch="batch-0001", start=0)
         result = dags_test(
             tmp / "airflow-test", settings, "multimodal_training", {"dataset_uri": uri}
         )
@@ -265,7 +267,7 @@ def test_a_drifted_batch_starts_retraining_in_airflow(platform: dict) -> None:
     airflow = AirflowClient(settings)
     airflow.set_paused("multimodal_training", False)
     upload_batch(
-        settings, platform["uri"], 150, seed=9, batch="batch-0002", start=300, image_shift=0.8
+        settings, platform["uri"], 150, seed=9, batch="batch-0002", start=600, image_shift=0.8
     )
     before = {r["dag_run_id"] for r in airflow.dag_runs("multimodal_training")}
 
@@ -312,7 +314,7 @@ def test_a_new_feedback_batch_starts_training_through_its_asset(platform: dict) 
     settings: Settings = platform["settings"]
     airflow = AirflowClient(settings)
     airflow.set_paused("multimodal_training", False)
-    upload_batch(settings, platform["uri"], 60, seed=12, batch="batch-0003", start=450)
+    upload_batch(settings, platform["uri"], 60, seed=12, batch="batch-0003", start=750)
     before = {r["dag_run_id"] for r in airflow.dag_runs("multimodal_training")}
     airflow.set_paused("feedback_batches", False)
     run = airflow.trigger("feedback_batches", {"dataset_uri": platform["uri"]})
