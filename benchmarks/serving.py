@@ -21,8 +21,10 @@ and throughput at concurrency 1, 8, 16 (embed) and 32, side by side, for
     and forward, no HTTP, no JSON; torch and numpy's BLAS on the configured threads),
     at concurrency 1, and TorchServe's GET /ping (the HTTP floor: client, frontend and
     token check, no worker),
-and prints the ratios the serving targets are stated in. Every text is unique, so
-the frozen text encoder's cache never answers.
+and prints the ratios the serving targets are stated in. At concurrency 1 it also
+splits each TorchServe p50 into the worker's own time (its PredictionTime metric,
+matched to the request by x-request-id) and the rest (frontend, the hop to the Python
+worker and back). Every text is unique, so the frozen text encoder's cache never answers.
 
 The servers of one cell are measured in interleaved rounds (A B C, B C A, ...), so
 on a machine shared with other work they see the same background load; the `bg`
@@ -46,6 +48,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -163,12 +166,14 @@ class CpuMeter:
 class Measured:
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)  # TorchServe's x-request-id
     wall: float = 0.0
     other_core_seconds: float = 0.0
 
     def add(self, other: Measured) -> None:
         self.latencies += other.latencies
         self.errors += other.errors
+        self.request_ids += other.request_ids
         self.wall += other.wall
         self.other_core_seconds += other.other_core_seconds
 
@@ -201,6 +206,7 @@ def load_http(
     def worker() -> None:
         connection = connect()
         mine: list[float] = []
+        ids: list[str] = []
         gate.wait()
         while time.perf_counter() < stop_at[0]:
             with lock:
@@ -222,11 +228,13 @@ def load_http(
             elapsed = time.perf_counter() - t0
             if ok:
                 mine.append(elapsed)
+                ids.append(response.getheader("x-request-id") or "")
             else:
                 with lock:
                     result.errors.append(why)
         with lock:
             result.latencies.extend(mine)
+            result.request_ids.extend(ids)
         connection.close()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
@@ -352,6 +360,11 @@ class Cell:
     config: dict[str, Any] | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
     error_sample: str = ""
+    # TorchServe at concurrency 1: the worker's own time per request (its PredictionTime
+    # metric: the handler, i.e. parsing, forward and answer), so p50 - handler_p50_ms is
+    # what the frontend and the hop to the Python worker cost.
+    handler_p50_ms: float | None = None
+    request_ids: list[str] = field(default_factory=list, repr=False)
 
 
 def to_cell(endpoint: Endpoint, task: str, concurrency: int, m: Measured) -> Cell:
@@ -370,6 +383,7 @@ def to_cell(endpoint: Endpoint, task: str, concurrency: int, m: Measured) -> Cel
         background_cores=round(m.other_core_seconds / m.wall, 2) if m.wall > 0 else 0.0,
         config=asdict(endpoint.config) if endpoint.config else None,
         error_sample=m.errors[0][:300] if m.errors else "",
+        request_ids=m.request_ids if endpoint.kind == "torchserve" and concurrency == 1 else [],
     )
 
 
@@ -539,6 +553,19 @@ def configurations(settings: Any, chosen: list[str]) -> list[ServingConfig]:
     return out
 
 
+PREDICTION_TIME = re.compile(r"PredictionTime\.ms:([\d.]+)\|.*?requestID:([0-9a-f,-]+?),timestamp")
+
+
+def prediction_times(metrics_log: str) -> dict[str, float]:
+    """Request id -> PredictionTime (ms) from TorchServe's model_metrics.log; a batch's
+    line names all its requests, which each get the batch's time."""
+    times: dict[str, float] = {}
+    for match in PREDICTION_TIME.finditer(metrics_log):
+        for request_id in match.group(2).split(","):
+            times[request_id] = float(match.group(1))
+    return times
+
+
 class TorchServeInstance:
     """A private TorchServe (token auth on). The handler reads Settings.serving_threads
     from the worker's environment, so each thread count needs its own instance."""
@@ -587,6 +614,13 @@ class TorchServeInstance:
             bodies,
             config,
         )
+
+    def handler_times(self) -> dict[str, float]:
+        """Request id -> the worker's PredictionTime (ms), from TorchServe's metrics log."""
+        from dualmedia.stack.torchserve import TorchServeService
+
+        path = TorchServeService(self.settings).state_dir / "logs" / "model_metrics.log"
+        return prediction_times(path.read_text(errors="replace")) if path.exists() else {}
 
     def down(self) -> None:
         self.stack.down()
@@ -731,6 +765,14 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
         progress(f"servers ready after {time.monotonic() - started:.0f} s; measuring")
         for task, concurrency in GRID:
             cells += measure_cell(endpoints, task, concurrency, args, progress)
+        time.sleep(1.0)  # TorchServe writes its metrics log asynchronously
+        handler_ms: dict[str, float] = {}
+        for instance in instances.values():
+            handler_ms.update(instance.handler_times())
+        for cell in cells:
+            times = [handler_ms[i] for i in cell.request_ids if i in handler_ms]
+            if times:
+                cell.handler_p50_ms = round(float(np.percentile(times, 50)), 1)
     return analyse(cells, configs, args, time.monotonic() - started)
 
 
@@ -766,6 +808,10 @@ def analyse(
             cell.ratios["p50_vs_in_process"] = _ratio(
                 cell.p50_ms, inproc.p50_ms if inproc else None
             )
+            if cell.handler_p50_ms is not None:
+                cell.ratios["handler_vs_in_process"] = _ratio(
+                    cell.handler_p50_ms, inproc.p50_ms if inproc else None
+                )
 
     targets = []
     for config in configs:
@@ -815,8 +861,12 @@ def analyse(
         "seconds": round(seconds, 1),
         "median_background_cores": float(np.median([c.background_cores for c in cells])),
         "targets": targets,
-        "cells": [asdict(c) for c in cells],
+        "cells": [asdict(c, dict_factory=_without_request_ids) for c in cells],
     }
+
+
+def _without_request_ids(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v for k, v in items if k != "request_ids"}
 
 
 def _fmt(value: Any, suffix: str = "") -> str:
@@ -862,6 +912,19 @@ def print_table(result: dict[str, Any]) -> None:
             )
         )
     print(f"\nmedian bg {result['median_background_cores']:.2f} cores.")
+    split = [cell for cell in result["cells"] if cell["handler_p50_ms"] is not None]
+    if split:
+        print(
+            "\nwhere TorchServe's time goes at concurrency 1 (p50): client = worker's handler "
+            "(parse, forward, answer; its PredictionTime) + frontend and the hop to the worker"
+        )
+        for cell in split:
+            fixed = round(cell["p50_ms"] - cell["handler_p50_ms"], 1)
+            print(
+                f"  {cell['task']:<8} {cell['server']:<46} {cell['p50_ms']} = "
+                f"{cell['handler_p50_ms']} + {fixed} ms   handler/in-process "
+                f"{_fmt(cell['ratios'].get('handler_vs_in_process'), 'x')}"
+            )
     print("\ntargets (2 cores):")
     configs = [cfg["key"] for cfg in result["configs"]]
     names = {t["config"]: t["server"] for t in result["targets"]}

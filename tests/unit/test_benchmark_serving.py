@@ -1,0 +1,40 @@
+"""benchmarks/serving.py: reading TorchServe's per-request worker time from its metrics log."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "serving.py"
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_serving", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+# Lines as TorchServe 0.12 writes them to model_metrics.log (metrics_mode=log): one per
+# batch, the batch's request ids joined with commas.
+LOG = "".join(
+    f"2026-11-30T09:23:35,056 - {metric}.ms:{ms}|#ModelName:{model},Level:Model|"
+    f"#hostname:vm,requestID:{ids},timestamp:1796030615\n"
+    for metric, ms, model, ids in [
+        ("PredictionTime", "27.12", "embed", "deebce7f-ad3c-4650-a4f6-11e56a1b2e72"),
+        ("HandlerTime", "26.5", "embed", "deebce7f-ad3c-4650-a4f6-11e56a1b2e72"),
+        ("PredictionTime", "41.0", "insights", "aa11-bb22,cc33-dd44"),
+    ]
+)
+
+
+def test_prediction_times_maps_every_request_of_a_batch_to_its_worker_time() -> None:
+    times = _load_benchmark().prediction_times(LOG)
+    assert times == {
+        "deebce7f-ad3c-4650-a4f6-11e56a1b2e72": 27.12,
+        "aa11-bb22": 41.0,
+        "cc33-dd44": 41.0,
+    }
