@@ -61,7 +61,8 @@ def drift_monitor() -> None:
             trigger=params["trigger"],
         )
         print(f"verdict: {summary['verdict']}; report: {summary['report_uri']}")
-        return {k: summary[k] for k in ("verdict", "reasons", "report_uri", "trigger", "scores")}
+        keys = ("verdict", "reasons", "skipped", "report_uri", "trigger", "scores")
+        return {k: summary[k] for k in keys}
 
     judge_drift()
 

@@ -73,6 +73,7 @@ def run_monitor(
         "window": window_name,
         "verdict": "drift" if verdict.drifted else "no drift",
         "reasons": verdict.reasons,
+        "skipped": verdict.skipped,
         "scores": verdict.scores(),
         "report_uri": str(report_prefix.join("report.html")),
         "n_reference": verdict.n_reference,
@@ -136,6 +137,13 @@ def _attach_to_mlflow(
     client.set_tag(run_id, "dualmedia.last_drift_verdict", summary["verdict"])
 
 
+def _skipped_note(entry: dict[str, Any]) -> str:
+    skipped = entry.get("skipped") or []  # reports written before this field have none
+    if not skipped:
+        return ""
+    return f"<br><span style='color:#b9770e'>{html.escape('; '.join(skipped))}</span>"
+
+
 def update_index(settings: Settings, dataset: str) -> dict[str, str]:
     """Regenerate the index page of every report of a dataset, newest first."""
     store = ObjectStore(settings)
@@ -159,7 +167,7 @@ def update_index(settings: Settings, dataset: str) -> dict[str, str]:
             f"<td style='color:{colour};font-weight:bold'>{html.escape(e['verdict'])}</td>"
             f"<td>{html.escape(e['window'])}</td>"
             f"<td>v{html.escape(str(e['model_version']))}</td>"
-            f"<td>{html.escape('; '.join(e['reasons']) or '-')}</td>"
+            f"<td>{html.escape('; '.join(e['reasons']) or '-')}{_skipped_note(e)}</td>"
             f"<td><a href='reports/{e['time']}/report.html'>report</a></td>"
             "</tr>"
         )

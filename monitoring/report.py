@@ -52,6 +52,9 @@ class Verdict:
     drifted: bool
     results: list[DriftResult]
     reasons: list[str] = field(default_factory=list)
+    # Checks that did not run and why (too few items on a side): a verdict of "no drift"
+    # must not hide that a modality was never looked at.
+    skipped: list[str] = field(default_factory=list)
     n_reference: int = 0
     n_current: int = 0
     seconds: float = 0.0
@@ -60,6 +63,7 @@ class Verdict:
         return {
             "drifted": self.drifted,
             "reasons": self.reasons,
+            "skipped": self.skipped,
             "n_reference": self.n_reference,
             "n_current": self.n_current,
             "seconds": round(self.seconds, 3),
@@ -119,19 +123,30 @@ def judge(reference: Window, current: Window, config: DriftConfig) -> Verdict:
     """Every drift check, and whether the window calls for retraining."""
     started = time.perf_counter()
     results: list[DriftResult] = []
+    skipped: list[str] = []
+
+    def enough_items(name: str, n_reference: int, n_current: int) -> bool:
+        if min(n_reference, n_current) >= config.min_window:
+            return True
+        skipped.append(
+            f"{name} not checked: {n_reference} reference and {n_current} current items "
+            f"(each side needs {config.min_window})"
+        )
+        return False
+
     for modality, ref_emb in reference.embeddings.items():
         cur_emb = current.embeddings.get(modality)
-        if cur_emb is None or len(cur_emb) < config.min_window or len(ref_emb) < config.min_window:
-            continue
-        results.append(embedding_drift(ref_emb, cur_emb, config, name=f"embedding:{modality}"))
+        name = f"embedding:{modality}"
+        if enough_items(name, len(ref_emb), 0 if cur_emb is None else len(cur_emb)):
+            assert cur_emb is not None
+            results.append(embedding_drift(ref_emb, cur_emb, config, name=name))
     for col in reference.prediction_columns:
         if col in current.frame:
             ref_pred = reference.frame[col].dropna()
             cur_pred = current.frame[col].dropna()
-            if len(cur_pred) >= config.min_window:
-                results.append(
-                    prediction_drift(ref_pred, cur_pred, config, name=f"prediction:{col[5:]}")
-                )
+            name = f"prediction:{col[5:]}"
+            if enough_items(name, len(ref_pred), len(cur_pred)):
+                results.append(prediction_drift(ref_pred, cur_pred, config, name=name))
     columns = _column_drift(reference.frame, current.frame, config)
     results += columns
     reasons = []
@@ -153,6 +168,7 @@ def judge(reference: Window, current: Window, config: DriftConfig) -> Verdict:
         drifted=enough and bool(reasons),
         results=results,
         reasons=reasons if enough else [f"window too small ({len(current.frame)} items)"],
+        skipped=skipped,
         n_reference=len(reference.frame),
         n_current=len(current.frame),
         seconds=time.perf_counter() - started,

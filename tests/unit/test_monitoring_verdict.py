@@ -1,0 +1,54 @@
+"""The drift verdict says which checks it could not run, instead of silently leaving
+them out (a "no drift" that never looked at a modality)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from monitoring.drift import DriftConfig
+from monitoring.report import Window, judge
+from monitoring.window import _frame_from_rows
+
+
+def _window(n: int, n_audio: int, shift: float, seed: int) -> Window:
+    rng = np.random.default_rng(seed)
+    rows = [
+        {
+            "has_text": True,
+            "has_audio": i < n_audio,
+            "text_length": float(rng.integers(20, 200)),
+            "pred_sentiment": str(rng.choice(["negative", "neutral", "positive"])),
+        }
+        for i in range(n)
+    ]
+
+    def vectors(m: int) -> np.ndarray:
+        v = rng.normal(size=(m, 16)) + shift
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    return Window(_frame_from_rows(rows), {"text": vectors(n), "audio": vectors(n_audio)})
+
+
+def test_a_modality_with_too_few_items_is_reported_as_not_checked() -> None:
+    config = DriftConfig(min_window=50)
+    reference = _window(200, n_audio=20, shift=0.0, seed=0)  # 20 audio items: too few
+    current = _window(100, n_audio=100, shift=0.0, seed=1)
+    verdict = judge(reference, current, config)
+
+    checked = {r.name for r in verdict.results}
+    assert "embedding:text" in checked and "prediction:sentiment" in checked
+    assert "embedding:audio" not in checked
+    assert verdict.skipped == [
+        "embedding:audio not checked: 20 reference and 100 current items (each side needs 50)"
+    ]
+    assert verdict.to_dict()["skipped"] == verdict.skipped
+
+
+def test_nothing_is_skipped_when_every_side_has_enough_items() -> None:
+    verdict = judge(
+        _window(200, n_audio=200, shift=0.0, seed=0),
+        _window(100, n_audio=100, shift=0.0, seed=1),
+        DriftConfig(min_window=50),
+    )
+    assert verdict.skipped == []
+    assert {"embedding:text", "embedding:audio"} <= {r.name for r in verdict.results}
