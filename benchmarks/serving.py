@@ -360,11 +360,15 @@ class Cell:
     config: dict[str, Any] | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
     error_sample: str = ""
-    # TorchServe at concurrency 1: the worker's own time per request (its PredictionTime
-    # metric: the handler, i.e. parsing, forward and answer), so p50 - handler_p50_ms is
-    # what the frontend and the hop to the Python worker cost.
+    # TorchServe at concurrency 1, per request matched by id to the worker's PredictionTime
+    # (the whole handler: parse, forward, JSON answer, served-log record): its p50, and the
+    # p50 of the rest of each request's time (client and HTTP, frontend, the hop to the
+    # Python worker and TorchServe's protocol code there), over `handler_matched` requests.
     handler_p50_ms: float | None = None
+    outside_handler_p50_ms: float | None = None
+    handler_matched: int = 0
     request_ids: list[str] = field(default_factory=list, repr=False)
+    request_ms: list[float] = field(default_factory=list, repr=False)  # same order as ids
 
 
 def to_cell(endpoint: Endpoint, task: str, concurrency: int, m: Measured) -> Cell:
@@ -383,7 +387,11 @@ def to_cell(endpoint: Endpoint, task: str, concurrency: int, m: Measured) -> Cel
         background_cores=round(m.other_core_seconds / m.wall, 2) if m.wall > 0 else 0.0,
         config=asdict(endpoint.config) if endpoint.config else None,
         error_sample=m.errors[0][:300] if m.errors else "",
-        request_ids=m.request_ids if endpoint.kind == "torchserve" and concurrency == 1 else [],
+        **(
+            {"request_ids": m.request_ids, "request_ms": list(ms)}
+            if endpoint.kind == "torchserve" and concurrency == 1
+            else {}
+        ),
     )
 
 
@@ -770,10 +778,24 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
         for instance in instances.values():
             handler_ms.update(instance.handler_times())
         for cell in cells:
-            times = [handler_ms[i] for i in cell.request_ids if i in handler_ms]
-            if times:
-                cell.handler_p50_ms = round(float(np.percentile(times, 50)), 1)
+            split_by_handler(cell, handler_ms)
     return analyse(cells, configs, args, time.monotonic() - started)
+
+
+def split_by_handler(cell: Cell, handler_ms: dict[str, float]) -> None:
+    """Each request's time = the worker's handler time + the rest, matched by request id;
+    no split unless nearly every request matched (a missing header, a rolled-over log)."""
+    pairs = [
+        (total, handler_ms[i])
+        for i, total in zip(cell.request_ids, cell.request_ms, strict=True)
+        if i in handler_ms
+    ]
+    cell.handler_matched = len(pairs)
+    if not pairs or len(pairs) < 0.95 * len(cell.request_ids):
+        return
+    cell.handler_p50_ms = round(float(np.percentile([h for _, h in pairs], 50)), 1)
+    rest = [total - h for total, h in pairs]
+    cell.outside_handler_p50_ms = round(float(np.percentile(rest, 50)), 1)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -854,6 +876,7 @@ def analyse(
             )
     return {
         "requests_per_cell": args.requests,
+        "cell_seconds": args.cell_seconds,
         "rounds": args.rounds,
         "cpu_count": os.cpu_count(),
         "configured": asdict(configs[0]),
@@ -866,7 +889,7 @@ def analyse(
 
 
 def _without_request_ids(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {k: v for k, v in items if k != "request_ids"}
+    return {k: v for k, v in items if k not in ("request_ids", "request_ms")}
 
 
 def _fmt(value: Any, suffix: str = "") -> str:
@@ -876,7 +899,8 @@ def _fmt(value: Any, suffix: str = "") -> str:
 def print_table(result: dict[str, Any]) -> None:
     c = result["configured"]
     print(
-        f"\n{result['requests_per_cell']} requests per server and cell after warm-up, "
+        f"\nup to {result['requests_per_cell']} requests per server and cell after warm-up "
+        f"(at most {result['cell_seconds']:g} s each; n = how many), "
         f"{result['rounds']} interleaved rounds, {result['cpu_count']} CPU cores, "
         f"{result['seconds']:.0f} s in all.\n* configured (Settings): batch "
         f"{c['batch_size']}, max delay {c['max_batch_delay_ms']} ms, {c['workers']} worker(s) "
@@ -912,18 +936,25 @@ def print_table(result: dict[str, Any]) -> None:
             )
         )
     print(f"\nmedian bg {result['median_background_cores']:.2f} cores.")
-    split = [cell for cell in result["cells"] if cell["handler_p50_ms"] is not None]
+    split = [c for c in result["cells"] if (c["kind"], c["concurrency"]) == ("torchserve", 1)]
     if split:
         print(
-            "\nwhere TorchServe's time goes at concurrency 1 (p50): client = worker's handler "
-            "(parse, forward, answer; its PredictionTime) + frontend and the hop to the worker"
+            "\nwhere TorchServe's time goes at concurrency 1, per request matched by x-request-id"
+            " to the worker's PredictionTime:\n  handler = parse, forward, JSON answer, "
+            "served-log record; rest = client and HTTP, frontend, the hop to the Python worker"
         )
         for cell in split:
-            fixed = round(cell["p50_ms"] - cell["handler_p50_ms"], 1)
+            if cell["handler_p50_ms"] is None:
+                print(
+                    f"  {cell['task']:<8} {cell['server']:<46} no split: "
+                    f"{cell['handler_matched']} of {cell['requests']} requests matched"
+                )
+                continue
             print(
-                f"  {cell['task']:<8} {cell['server']:<46} {cell['p50_ms']} = "
-                f"{cell['handler_p50_ms']} + {fixed} ms   handler/in-process "
-                f"{_fmt(cell['ratios'].get('handler_vs_in_process'), 'x')}"
+                f"  {cell['task']:<8} {cell['server']:<46} client p50 {cell['p50_ms']} ms: "
+                f"handler p50 {cell['handler_p50_ms']} ms, rest p50 "
+                f"{cell['outside_handler_p50_ms']} ms (n {cell['handler_matched']})   "
+                f"handler/in-process {_fmt(cell['ratios'].get('handler_vs_in_process'), 'x')}"
             )
     print("\ntargets (2 cores):")
     configs = [cfg["key"] for cfg in result["configs"]]

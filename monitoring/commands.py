@@ -64,8 +64,10 @@ def _print_monitor(r: dict[str, Any]) -> None:
     )
     for reason in r["reasons"]:
         out.print(f"  - {reason}")
-    for check in r.get("skipped", []):
-        out.print(f"  [yellow]- {check}[/]")
+    if r.get("skipped"):
+        out.print("not checked (too few items):")
+        for check in r["skipped"]:
+            out.print(f"  [yellow]- {check}[/]")
     out.print(f"report: {r['report_uri']}")
     out.print(f"index:  file://{r['index']['local']}")
     trigger = r["trigger"]

@@ -141,12 +141,11 @@ def judge(reference: Window, current: Window, config: DriftConfig) -> Verdict:
             assert cur_emb is not None
             results.append(embedding_drift(ref_emb, cur_emb, config, name=name))
     for col in reference.prediction_columns:
-        if col in current.frame:
-            ref_pred = reference.frame[col].dropna()
-            cur_pred = current.frame[col].dropna()
-            name = f"prediction:{col[5:]}"
-            if enough_items(name, len(ref_pred), len(cur_pred)):
-                results.append(prediction_drift(ref_pred, cur_pred, config, name=name))
+        name = f"prediction:{col[5:]}"
+        ref_pred = reference.frame[col].dropna()
+        cur_pred = current.frame[col].dropna() if col in current.frame else ref_pred.iloc[:0]
+        if enough_items(name, len(ref_pred), len(cur_pred)):
+            results.append(prediction_drift(ref_pred, cur_pred, config, name=name))
     columns = _column_drift(reference.frame, current.frame, config)
     results += columns
     reasons = []
@@ -185,10 +184,13 @@ def render(reference: Window, current: Window, config: DriftConfig, verdict: Ver
     from evidently.presets import DataDriftPreset
 
     rng = np.random.default_rng(config.seed)
+    # The same modalities the verdict checked (judge: min_window items on each side), so
+    # the report never shows an embedding test the verdict calls "not checked".
     usable = {
         m: (emb, current.embeddings[m])
         for m, emb in reference.embeddings.items()
-        if current.embeddings.get(m) is not None and len(current.embeddings[m]) >= 10
+        if current.embeddings.get(m) is not None
+        and min(len(emb), len(current.embeddings[m])) >= config.min_window
     }
     k = min(
         config.report_sample,
@@ -196,8 +198,16 @@ def render(reference: Window, current: Window, config: DriftConfig, verdict: Ver
         len(current.frame),
         *(min(len(r), len(c)) for r, c in usable.values()),
     )
-    numeric = [c for c in RAW_COLUMNS if c in reference.frame]
-    categorical = list(PRESENCE_COLUMNS) + reference.prediction_columns
+    # As in the verdict (_column_drift): a raw field needs values on both sides (a
+    # dataset without images has no brightness to compare).
+    numeric = [
+        c
+        for c in RAW_COLUMNS
+        if reference.frame[c].notna().sum() > 5 and current.frame[c].notna().sum() > 5
+    ]
+    # A served window of embed requests only has no predictions: nothing to compare.
+    predicted = [c for c in reference.prediction_columns if c in current.frame]
+    categorical = list(PRESENCE_COLUMNS) + predicted
     ref_df = reference.frame.sample(k, random_state=config.seed)[numeric + categorical]
     cur_df = current.frame.sample(k, random_state=config.seed)[numeric + categorical]
     ref_df, cur_df = ref_df.reset_index(drop=True), cur_df.reset_index(drop=True)
@@ -216,7 +226,7 @@ def render(reference: Window, current: Window, config: DriftConfig, verdict: Ver
     metrics: list[Any] = [DataDriftPreset(columns=numeric + list(PRESENCE_COLUMNS))]
     metrics += [
         ValueDrift(column=c, method=config.prediction_method, threshold=config.prediction_threshold)
-        for c in reference.prediction_columns
+        for c in predicted
     ]
     method = embedding_method(config)
     metrics += [EmbeddingsDrift(embeddings_name=m, drift_method=method) for m in embeddings]
@@ -227,6 +237,7 @@ def render(reference: Window, current: Window, config: DriftConfig, verdict: Ver
             metadata={
                 "verdict": "drift" if verdict.drifted else "no drift",
                 "reasons": "; ".join(verdict.reasons),
+                "not checked": "; ".join(verdict.skipped) or "-",
             },
             name="drift report",
         )

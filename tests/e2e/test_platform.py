@@ -46,8 +46,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     stack.up()
     uri = f"s3://{settings.raw_bucket}/customer-feedback"
     try:
-        # 600 items: drift's reference is the held-out 30% (~180), enough per modality for
-        # the embedding checks (DriftConfig.min_window).
+        # 600 items: drift's reference is the held-out val + test splits (20%, ~120), enough for
+        # the embedding and prediction checks (DriftConfig.min_window, 50 per side).
         upload_batch(settings, uri, 600, seed=3, batch="batch-0001", start=0)
         result = dags_test(
             tmp / "airflow-test", settings, "multimodal_training", {"dataset_uri": uri}

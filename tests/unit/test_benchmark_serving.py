@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "serving.py"
 
 
-def _load_benchmark():
+def _load_benchmark() -> ModuleType:
     spec = importlib.util.spec_from_file_location("benchmark_serving", BENCHMARK)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -38,3 +40,30 @@ def test_prediction_times_maps_every_request_of_a_batch_to_its_worker_time() -> 
         "aa11-bb22": 41.0,
         "cc33-dd44": 41.0,
     }
+
+
+def _cell(benchmark: ModuleType, ids: list[str], ms: list[float]) -> Any:
+    return benchmark.Cell(
+        server="TorchServe", kind="torchserve", task="embed", concurrency=1,
+        requests=len(ids), p50_ms=None, p99_ms=None, throughput_rps=None, errors=0,
+        background_cores=0.0, request_ids=ids, request_ms=ms,
+    )  # fmt: skip
+
+
+def test_each_request_is_split_into_handler_time_and_the_rest() -> None:
+    benchmark = _load_benchmark()
+    ids = [f"id-{i}" for i in range(20)]
+    cell = _cell(benchmark, ids, [25.0 + i for i in range(20)])
+    benchmark.split_by_handler(cell, {i: 20.0 for i in ids})
+    assert cell.handler_matched == 20
+    assert cell.handler_p50_ms == 20.0
+    assert cell.outside_handler_p50_ms == 14.5  # median of 5.0 .. 24.0
+
+
+def test_no_split_when_requests_are_missing_from_the_metrics_log() -> None:
+    benchmark = _load_benchmark()
+    ids = [f"id-{i}" for i in range(20)]
+    cell = _cell(benchmark, ids, [25.0] * 20)
+    benchmark.split_by_handler(cell, {i: 20.0 for i in ids[:18]})  # 90% matched
+    assert cell.handler_matched == 18
+    assert cell.handler_p50_ms is None and cell.outside_handler_p50_ms is None

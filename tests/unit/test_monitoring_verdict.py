@@ -6,27 +6,37 @@ from __future__ import annotations
 import numpy as np
 
 from monitoring.drift import DriftConfig
-from monitoring.report import Window, judge
+from monitoring.report import Window, judge, render
 from monitoring.window import _frame_from_rows
 
 
-def _window(n: int, n_audio: int, shift: float, seed: int) -> Window:
+def _window(
+    n: int, n_audio: int, shift: float, seed: int, n_predicted: int | None = None
+) -> Window:
     rng = np.random.default_rng(seed)
+    n_predicted = n if n_predicted is None else n_predicted
     rows = [
         {
             "has_text": True,
             "has_audio": i < n_audio,
             "text_length": float(rng.integers(20, 200)),
-            "pred_sentiment": str(rng.choice(["negative", "neutral", "positive"])),
+            **(
+                {"pred_sentiment": str(rng.choice(["negative", "neutral", "positive"]))}
+                if i < n_predicted
+                else {}
+            ),
         }
         for i in range(n)
     ]
 
     def vectors(m: int) -> np.ndarray:
-        v = rng.normal(size=(m, 16)) + shift
+        v = rng.normal(size=(m, 64)) + shift  # as wide as Evidently's PCA needs (>= 32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-    return Window(_frame_from_rows(rows), {"text": vectors(n), "audio": vectors(n_audio)})
+    embeddings = {"text": vectors(n)}
+    if n_audio:
+        embeddings["audio"] = vectors(n_audio)
+    return Window(_frame_from_rows(rows), embeddings)
 
 
 def test_a_modality_with_too_few_items_is_reported_as_not_checked() -> None:
@@ -52,3 +62,28 @@ def test_nothing_is_skipped_when_every_side_has_enough_items() -> None:
     )
     assert verdict.skipped == []
     assert {"embedding:text", "embedding:audio"} <= {r.name for r in verdict.results}
+
+
+def test_too_few_reference_predictions_and_a_modality_missing_now_are_reported() -> None:
+    reference = _window(200, n_audio=200, shift=0.0, seed=0, n_predicted=30)
+    current = _window(100, n_audio=0, shift=0.0, seed=1)  # no voice notes in this window
+    verdict = judge(reference, current, DriftConfig(min_window=50))
+    assert verdict.skipped == [
+        "embedding:audio not checked: 200 reference and 0 current items (each side needs 50)",
+        "prediction:sentiment not checked: 30 reference and 100 current items (each side needs 50)",
+    ]
+    assert {r.name for r in verdict.results} >= {"embedding:text"}
+
+
+def test_a_window_without_predictions_is_reported_and_still_rendered() -> None:
+    # Served windows of `embed` requests only carry no predicted classes at all.
+    reference = _window(200, n_audio=200, shift=0.0, seed=0)
+    current = _window(100, n_audio=100, shift=0.0, seed=1, n_predicted=0)
+    assert "pred_sentiment" not in current.frame
+    config = DriftConfig(min_window=50, report_sample=60)
+    verdict = judge(reference, current, config)
+    assert verdict.skipped == [
+        "prediction:sentiment not checked: 200 reference and 0 current items (each side needs 50)"
+    ]
+    report = render(reference, current, config, verdict).dict()
+    assert report["metrics"]  # raw fields and embeddings, no prediction column
