@@ -52,9 +52,7 @@ class Verdict:
     drifted: bool
     results: list[DriftResult]
     reasons: list[str] = field(default_factory=list)
-    # Checks that did not run and why (too few items on a side): a verdict of "no drift"
-    # must not hide that a modality was never looked at.
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # Comparable.skipped: checks not run
     n_reference: int = 0
     n_current: int = 0
     seconds: float = 0.0
@@ -74,17 +72,58 @@ class Verdict:
         return {r.name: round(r.score, 4) for r in self.results}
 
 
+@dataclass
+class Comparable:
+    """What a reference and a current window can be compared on. The verdict and the
+    report both look at exactly this, and `skipped` names what they leave out (a "no
+    drift" must not hide that a modality was never looked at)."""
+
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]]  # modality -> (reference, current)
+    predictions: list[str]  # pred_<label> columns
+    numeric: list[str]  # raw fields with values on both sides (no images: no brightness)
+    skipped: list[str]
+
+
+def comparable(reference: Window, current: Window, config: DriftConfig) -> Comparable:
+    skipped: list[str] = []
+
+    def enough_items(name: str, n_reference: int, n_current: int) -> bool:
+        if min(n_reference, n_current) >= config.min_window:
+            return True
+        skipped.append(
+            f"{name} not checked: {n_reference} reference and {n_current} current items "
+            f"(each side needs {config.min_window})"
+        )
+        return False
+
+    embeddings = {}
+    for modality, ref_emb in reference.embeddings.items():
+        cur_emb = current.embeddings.get(modality, np.empty((0, ref_emb.shape[1])))
+        if enough_items(f"embedding:{modality}", len(ref_emb), len(cur_emb)):
+            embeddings[modality] = (ref_emb, cur_emb)
+    predictions = []
+    for col in reference.prediction_columns:
+        # A served window of `embed` requests only has no predictions at all.
+        n_current = int(current.frame[col].notna().sum()) if col in current.frame else 0
+        n_reference = int(reference.frame[col].notna().sum())
+        if enough_items(f"prediction:{col[5:]}", n_reference, n_current):
+            predictions.append(col)
+    numeric = [
+        c
+        for c in RAW_COLUMNS
+        if reference.frame[c].notna().sum() > 5 and current.frame[c].notna().sum() > 5
+    ]
+    return Comparable(embeddings, predictions, numeric, skipped)
+
+
 def _column_drift(
-    reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig
+    reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str]
 ) -> list[DriftResult]:
     """Raw fields (numbers) and missing-modality rates (categories), Evidently's defaults."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
     started = time.perf_counter()
-    numeric = [
-        c for c in RAW_COLUMNS if reference[c].notna().sum() > 5 and current[c].notna().sum() > 5
-    ]
     categorical = list(PRESENCE_COLUMNS)
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     ref = reference[numeric + categorical].copy()
@@ -122,31 +161,21 @@ def _column_drift(
 def judge(reference: Window, current: Window, config: DriftConfig) -> Verdict:
     """Every drift check, and whether the window calls for retraining."""
     started = time.perf_counter()
-    results: list[DriftResult] = []
-    skipped: list[str] = []
-
-    def enough_items(name: str, n_reference: int, n_current: int) -> bool:
-        if min(n_reference, n_current) >= config.min_window:
-            return True
-        skipped.append(
-            f"{name} not checked: {n_reference} reference and {n_current} current items "
-            f"(each side needs {config.min_window})"
+    compared = comparable(reference, current, config)
+    results = [
+        embedding_drift(ref_emb, cur_emb, config, name=f"embedding:{modality}")
+        for modality, (ref_emb, cur_emb) in compared.embeddings.items()
+    ]
+    results += [
+        prediction_drift(
+            reference.frame[col].dropna(),
+            current.frame[col].dropna(),
+            config,
+            name=f"prediction:{col[5:]}",
         )
-        return False
-
-    for modality, ref_emb in reference.embeddings.items():
-        cur_emb = current.embeddings.get(modality)
-        name = f"embedding:{modality}"
-        if enough_items(name, len(ref_emb), 0 if cur_emb is None else len(cur_emb)):
-            assert cur_emb is not None
-            results.append(embedding_drift(ref_emb, cur_emb, config, name=name))
-    for col in reference.prediction_columns:
-        name = f"prediction:{col[5:]}"
-        ref_pred = reference.frame[col].dropna()
-        cur_pred = current.frame[col].dropna() if col in current.frame else ref_pred.iloc[:0]
-        if enough_items(name, len(ref_pred), len(cur_pred)):
-            results.append(prediction_drift(ref_pred, cur_pred, config, name=name))
-    columns = _column_drift(reference.frame, current.frame, config)
+        for col in compared.predictions
+    ]
+    columns = _column_drift(reference.frame, current.frame, compared.numeric)
     results += columns
     reasons = []
     kinds = {"embeddings": "embedding:", "predictions": "prediction:"}
@@ -167,7 +196,7 @@ def judge(reference: Window, current: Window, config: DriftConfig) -> Verdict:
         drifted=enough and bool(reasons),
         results=results,
         reasons=reasons if enough else [f"window too small ({len(current.frame)} items)"],
-        skipped=skipped,
+        skipped=compared.skipped,
         n_reference=len(reference.frame),
         n_current=len(current.frame),
         seconds=time.perf_counter() - started,
@@ -184,35 +213,20 @@ def render(reference: Window, current: Window, config: DriftConfig, verdict: Ver
     from evidently.presets import DataDriftPreset
 
     rng = np.random.default_rng(config.seed)
-    # The same modalities the verdict checked (judge: min_window items on each side), so
-    # the report never shows an embedding test the verdict calls "not checked".
-    usable = {
-        m: (emb, current.embeddings[m])
-        for m, emb in reference.embeddings.items()
-        if current.embeddings.get(m) is not None
-        and min(len(emb), len(current.embeddings[m])) >= config.min_window
-    }
+    compared = comparable(reference, current, config)  # what the verdict looked at
     k = min(
         config.report_sample,
         len(reference.frame),
         len(current.frame),
-        *(min(len(r), len(c)) for r, c in usable.values()),
+        *(min(len(r), len(c)) for r, c in compared.embeddings.values()),
     )
-    # As in the verdict (_column_drift): a raw field needs values on both sides (a
-    # dataset without images has no brightness to compare).
-    numeric = [
-        c
-        for c in RAW_COLUMNS
-        if reference.frame[c].notna().sum() > 5 and current.frame[c].notna().sum() > 5
-    ]
-    # A served window of embed requests only has no predictions: nothing to compare.
-    predicted = [c for c in reference.prediction_columns if c in current.frame]
+    numeric, predicted = compared.numeric, compared.predictions
     categorical = list(PRESENCE_COLUMNS) + predicted
     ref_df = reference.frame.sample(k, random_state=config.seed)[numeric + categorical]
     cur_df = current.frame.sample(k, random_state=config.seed)[numeric + categorical]
     ref_df, cur_df = ref_df.reset_index(drop=True), cur_df.reset_index(drop=True)
     embeddings: dict[str, list[str]] = {}
-    for modality, (ref_emb, cur_emb) in usable.items():
+    for modality, (ref_emb, cur_emb) in compared.embeddings.items():
         cols = [f"{modality}_{i}" for i in range(ref_emb.shape[1])]
         embeddings[modality] = cols
         ref_df[cols] = _sample(ref_emb, k, rng)
