@@ -166,14 +166,15 @@ class CpuMeter:
 class Measured:
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    request_ids: list[str] = field(default_factory=list)  # TorchServe's x-request-id
+    # TorchServe answers with an x-request-id; its metrics log names the same id.
+    seconds_by_request_id: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
     other_core_seconds: float = 0.0
 
     def add(self, other: Measured) -> None:
         self.latencies += other.latencies
         self.errors += other.errors
-        self.request_ids += other.request_ids
+        self.seconds_by_request_id |= other.seconds_by_request_id
         self.wall += other.wall
         self.other_core_seconds += other.other_core_seconds
 
@@ -206,7 +207,7 @@ def load_http(
     def worker() -> None:
         connection = connect()
         mine: list[float] = []
-        ids: list[str] = []
+        by_id: dict[str, float] = {}
         gate.wait()
         while time.perf_counter() < stop_at[0]:
             with lock:
@@ -228,13 +229,15 @@ def load_http(
             elapsed = time.perf_counter() - t0
             if ok:
                 mine.append(elapsed)
-                ids.append(response.getheader("x-request-id") or "")
+                request_id = response.getheader("x-request-id")
+                if request_id:
+                    by_id[request_id] = elapsed
             else:
                 with lock:
                     result.errors.append(why)
         with lock:
             result.latencies.extend(mine)
-            result.request_ids.extend(ids)
+            result.seconds_by_request_id |= by_id
         connection.close()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
@@ -367,8 +370,7 @@ class Cell:
     handler_p50_ms: float | None = None
     outside_handler_p50_ms: float | None = None
     handler_matched: int = 0
-    request_ids: list[str] = field(default_factory=list, repr=False)
-    request_ms: list[float] = field(default_factory=list, repr=False)  # same order as ids
+    client_ms_by_request_id: dict[str, float] = field(default_factory=dict, repr=False)
 
 
 def to_cell(endpoint: Endpoint, task: str, concurrency: int, m: Measured) -> Cell:
@@ -387,11 +389,7 @@ def to_cell(endpoint: Endpoint, task: str, concurrency: int, m: Measured) -> Cel
         background_cores=round(m.other_core_seconds / m.wall, 2) if m.wall > 0 else 0.0,
         config=asdict(endpoint.config) if endpoint.config else None,
         error_sample=m.errors[0][:300] if m.errors else "",
-        **(
-            {"request_ids": m.request_ids, "request_ms": list(ms)}
-            if endpoint.kind == "torchserve" and concurrency == 1
-            else {}
-        ),
+        client_ms_by_request_id={i: s * 1000.0 for i, s in m.seconds_by_request_id.items()},
     )
 
 
@@ -778,20 +776,19 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
         for instance in instances.values():
             handler_ms.update(instance.handler_times())
         for cell in cells:
-            split_by_handler(cell, handler_ms)
+            if (cell.kind, cell.concurrency) == ("torchserve", 1):
+                split_by_handler(cell, handler_ms)
     return analyse(cells, configs, args, time.monotonic() - started)
 
 
 def split_by_handler(cell: Cell, handler_ms: dict[str, float]) -> None:
     """Each request's time = the worker's handler time + the rest, matched by request id;
     no split unless nearly every request matched (a missing header, a rolled-over log)."""
-    pairs = [
-        (total, handler_ms[i])
-        for i, total in zip(cell.request_ids, cell.request_ms, strict=True)
-        if i in handler_ms
-    ]
+    measured = cell.client_ms_by_request_id
+    pairs = [(total, handler_ms[i]) for i, total in measured.items() if i in handler_ms]
     cell.handler_matched = len(pairs)
-    if not pairs or len(pairs) < 0.95 * len(cell.request_ids):
+    answered = cell.requests - cell.errors
+    if not pairs or len(pairs) < 0.95 * answered:
         return
     cell.handler_p50_ms = round(float(np.percentile([h for _, h in pairs], 50)), 1)
     rest = [total - h for total, h in pairs]
@@ -884,12 +881,12 @@ def analyse(
         "seconds": round(seconds, 1),
         "median_background_cores": float(np.median([c.background_cores for c in cells])),
         "targets": targets,
-        "cells": [asdict(c, dict_factory=_without_request_ids) for c in cells],
+        "cells": [asdict(c, dict_factory=_without_per_request) for c in cells],
     }
 
 
-def _without_request_ids(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {k: v for k, v in items if k not in ("request_ids", "request_ms")}
+def _without_per_request(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v for k, v in items if k != "client_ms_by_request_id"}
 
 
 def _fmt(value: Any, suffix: str = "") -> str:

@@ -46,7 +46,7 @@ def _cell(benchmark: ModuleType, ids: list[str], ms: list[float]) -> Any:
     return benchmark.Cell(
         server="TorchServe", kind="torchserve", task="embed", concurrency=1,
         requests=len(ids), p50_ms=None, p99_ms=None, throughput_rps=None, errors=0,
-        background_cores=0.0, request_ids=ids, request_ms=ms,
+        background_cores=0.0, client_ms_by_request_id=dict(zip(ids, ms, strict=True)),
     )  # fmt: skip
 
 
