@@ -11,8 +11,9 @@ and throughput at concurrency 1, 8, 16 (embed) and 32, side by side, for
   - TorchServe with the configured settings (Settings.serving_batch_size,
     serving_max_batch_delay_ms, serving_workers, serving_threads), registered the
     way serving.deploy registers them,
-  - TorchServe without batching (the effect of batching), with a 5 ms batch delay,
-    and with the cores split as 1 or 2 workers x 1 thread or 1 worker x 2 threads
+  - TorchServe without batching (the effect of batching), batching with no wait
+    (batch 2 / 0 ms: what is already queued; a lone request never waits), and with the
+    cores split as 1 or 2 workers x 1 thread or 1 worker x 2 threads
     (more with --variants),
   - `mlflow models serve` (1 worker) of the same weights, saved as the training pyfunc.
     The pyfunc only predicts, so its `embed` row is a text-only prediction (the same
@@ -32,7 +33,7 @@ column says how many cores other processes used meanwhile. Timings only: nothing
 here fails on a threshold.
 
     .venv/bin/python benchmarks/serving.py [--requests 200] [--quick] [--json]
-        [--variants nobatch,delay5,w1t1,w2t1,w1t2]  # more: see --help
+        [--variants nobatch,nowait,w1t1,w2t1,w1t2]  # more: see --help
 
 The default run takes about 4-6 minutes on 2 cores (--quick: about 2).
 """
@@ -520,7 +521,7 @@ class ServingConfig:
         return task if self.key == "configured" else f"{self.key}-{task}"
 
 
-DEFAULT_VARIANTS = "nobatch,delay5,w1t1,w2t1,w1t2"
+DEFAULT_VARIANTS = "nobatch,nowait,w1t1,w2t1,w1t2"
 
 
 def variants(c: ServingConfig) -> dict[str, ServingConfig]:
@@ -529,6 +530,8 @@ def variants(c: ServingConfig) -> dict[str, ServingConfig]:
         v.key: v
         for v in [
             ServingConfig("nobatch", 1, 0, c.workers, c.threads),
+            # No wait: TorchServe batches what is already queued, at most 2 (pollBatch).
+            ServingConfig("nowait", 2, 0, c.workers, c.threads),
             ServingConfig("delay2", batch, 2, c.workers, c.threads),
             ServingConfig("delay1", batch, 1, c.workers, c.threads),
             ServingConfig("delay5", batch, 5, c.workers, c.threads),
@@ -982,8 +985,8 @@ def main() -> None:
         "--variants",
         default=DEFAULT_VARIANTS,
         help="TorchServe variants next to the configured settings, comma-separated, from: "
-        "nobatch, delay1, delay2, delay5 (batch 8 with that max delay), w1t1, w2t1, w1t2 "
-        "(workers x threads)",
+        "nobatch, nowait (batch 2 / 0 ms), delay1, delay2, delay5 (batch 8 with that max "
+        "delay), w1t1, w2t1, w1t2 (workers x threads)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="40 requests, 2 rounds, 3 s per server and cell"

@@ -67,3 +67,20 @@ def test_no_split_when_requests_are_missing_from_the_metrics_log() -> None:
     benchmark.split_by_handler(cell, {i: 20.0 for i in ids[:18]})  # 90% matched
     assert cell.handler_matched == 18
     assert cell.handler_p50_ms is None and cell.outside_handler_p50_ms is None
+
+
+def test_variants_next_to_the_configured_settings() -> None:
+    benchmark = _load_benchmark()
+    from dualmedia.settings import Settings
+
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, serving_batch_size=8, serving_max_batch_delay_ms=1,
+        serving_workers=2, serving_threads=1,
+    )  # fmt: skip
+    configs = benchmark.configurations(settings, ["nowait", "w2t1", "delay5"])
+    # w2t1 is the configured split with the configured batching: measured once, not twice.
+    assert [c.key for c in configs] == ["configured", "nowait", "delay5"]
+    nowait = configs[1]
+    assert (nowait.batch_size, nowait.max_batch_delay_ms, nowait.workers) == (2, 0, 2)
+    assert configs[0].model_name("embed") == "embed"
+    assert nowait.model_name("embed") == "nowait-embed"  # the handler reads the task last
