@@ -23,7 +23,9 @@ About 2 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -33,58 +35,53 @@ import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-TEXT = "the mug arrived cracked and the seller never answered my emails"
+
+def _serving_benchmark() -> ModuleType:
+    """benchmarks/serving.py, for its model and its in-process call (its file name would
+    hide the `serving` package from a plain import)."""
+    spec = importlib.util.spec_from_file_location("benchmark_serving", HERE / "serving.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
-def build_model(folder: Path) -> None:
-    """The default architecture with random weights (speed does not depend on training)."""
-    import torch
-
-    from dualmedia.media import MediaConfig
-    from dualmedia.synthetic import dataset_spec
-    from training.config import load_train_config
-    from training.factory import build_fused_model, save_fused_model
-
-    torch.manual_seed(0)
-    config = load_train_config(REPO / "configs" / "train" / "default.yaml").model
-    save_fused_model(build_fused_model(dataset_spec(), MediaConfig(), config), folder)
-
-
-def load_call(model_dir: Path) -> Callable[[int], float]:
-    """One timed parse + answer of a unique text (no text-cache hits), warmed up."""
+def load_call(model_dir: Path) -> Callable[[], float]:
+    """serving.py's in-process call (parse + InferenceRuntime.answer of one unique text,
+    1 thread), warmed up; each call returns its seconds."""
     warnings.filterwarnings("ignore")
-    from serving.protocol import parse_request
     from serving.runtime import InferenceRuntime
 
-    runtime = InferenceRuntime.from_folder(model_dir, "1", threads=1)
-    catalogue = runtime.catalogue_modalities() or runtime.modalities
+    bench = _serving_benchmark()
+    endpoint = bench.InProcessEndpoint(
+        InferenceRuntime.from_folder(model_dir, "1", threads=1), 1, bench.Bodies()
+    )
 
-    def call(i: int) -> float:
-        t0 = time.perf_counter()
-        body = {"text": f"order {i}: {TEXT}"}
-        request = parse_request("embed", {"body": body}, runtime.media, catalogue)
-        runtime.answer("embed", [request])
-        return time.perf_counter() - t0
+    def call() -> float:
+        return endpoint.measure("embed", endpoint.payloads("embed", 1), 1, math.inf).latencies[0]
 
-    for i in range(20):
-        call(-1 - i)
+    for _ in range(20):
+        call()
     return call
 
 
 def alone(model_dir: Path, n: int, gap_s: float, out: Any) -> None:
     call = load_call(model_dir)
     times = []
-    for i in range(n):
-        times.append(call(i))
+    for _ in range(n):
+        times.append(call())
         if gap_s:
             time.sleep(gap_s)
     out.put(times)
@@ -99,9 +96,9 @@ def taking_turns(
     times = []
     if me == 1:
         theirs.send(None)  # process 0 goes first
-    for i in range(n):
+    for _ in range(n):
         mine.recv()
-        times.append(call(2 * i + me))
+        times.append(call())
         theirs.send(None)
     out.put(times)
 
@@ -144,8 +141,8 @@ def main() -> None:
         modes.remove("taking turns, one core")  # the same as "taking turns" on one core
     times: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="dualmedia-bench-idle-") as tmp:
-        model_dir = Path(tmp) / "model"
-        build_model(model_dir)
+        # The default architecture, random weights: speed does not depend on training.
+        model_dir, _, _ = _serving_benchmark().build_model(Path(tmp))
         for r in range(args.rounds):
             for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
                 print(f"round {r + 1}/{args.rounds}: {mode}", file=sys.stderr, flush=True)
