@@ -35,14 +35,68 @@ class ContractError(ValueError):
     """A dataset does not follow the contract; the message names what and where."""
 
 
+# Label names become nn.ModuleDict keys, Parquet columns, MLflow metric names and Feast
+# fields: identifier-like, and never an attribute nn.Module/nn.ModuleDict already has
+# (`training`, `forward`, ...: ModuleDict refuses them, or worse, shadows them). The set is
+# the public names of `dir(nn.ModuleDict())` (torch is not imported here; a unit test
+# checks the list against the installed torch).
+LABEL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+MAX_LABELS = 64
+MAX_CLASSES = 1000
+MAX_CLASS_NAME_CHARS = 64
+RESERVED_LABEL_NAMES = frozenset(
+    """T_destination add_module apply bfloat16 buffers call_super_init children clear compile
+    cpu cuda double dump_patches eval extra_repr float forward get_buffer get_extra_state
+    get_parameter get_submodule half ipu items keys load_state_dict modules mtia
+    named_buffers named_children named_modules named_parameters parameters pop
+    register_backward_hook register_buffer register_forward_hook register_forward_pre_hook
+    register_full_backward_hook register_full_backward_pre_hook
+    register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
+    register_parameter register_state_dict_post_hook register_state_dict_pre_hook
+    requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
+    training type update values xpu zero_grad""".split()  # noqa: SIM905
+)
+
+
+def check_label_name(name: str) -> None:
+    """ValueError naming the label when `name` cannot be a label name."""
+    import keyword
+    import re
+
+    where = f"label name {name!r} (labels.{name})"
+    if not isinstance(name, str) or not re.match(LABEL_NAME_PATTERN, name):
+        raise ValueError(
+            f"{where}: must start with a letter and hold only letters, digits and '_' "
+            "(at most 64 characters)"
+        )
+    if keyword.iskeyword(name):
+        raise ValueError(f"{where}: is a Python keyword; choose another name")
+    if name in RESERVED_LABEL_NAMES:
+        raise ValueError(
+            f"{where}: clashes with an attribute of torch's nn.Module/nn.ModuleDict that the "
+            f"model's label heads live in; choose another name (e.g. is_{name})"
+        )
+
+
+def check_class_name(value: str) -> None:
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise ValueError(f"class {value!r}: must be a non-empty name without surrounding spaces")
+    if len(value) > MAX_CLASS_NAME_CHARS or not value.isprintable():
+        raise ValueError(
+            f"class {value[:80]!r}: must be printable and at most {MAX_CLASS_NAME_CHARS} characters"
+        )
+
+
 class CategoricalLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["categorical"]
-    classes: list[str] = Field(min_length=2)
+    classes: list[str] = Field(min_length=2, max_length=MAX_CLASSES)
 
     @field_validator("classes")
     @classmethod
     def _unique(cls, classes: list[str]) -> list[str]:
+        for value in classes:
+            check_class_name(value)
         if len(set(classes)) != len(classes):
             raise ValueError(f"classes must be unique, got {classes}")
         return classes
@@ -66,8 +120,16 @@ class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     modalities: list[Modality] = Field(min_length=1)
-    labels: dict[str, LabelSpec] = Field(default_factory=dict)
+    labels: dict[str, LabelSpec] = Field(default_factory=dict, max_length=MAX_LABELS)
     description: str = ""
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_names(cls, labels: Any) -> Any:
+        if isinstance(labels, dict):
+            for name in labels:
+                check_label_name(name)
+        return labels
 
     @model_validator(mode="after")
     def _unique_modalities(self) -> DatasetSpec:
@@ -143,3 +205,5 @@ class RejectReason(StrEnum):
     LABEL_MISSING = "label_missing"
     LABEL_UNKNOWN_CLASS = "label_unknown_class"
     LABEL_WRONG_TYPE = "label_wrong_type"
+    MANIFEST_LINE_TOO_LONG = "manifest_line_too_long"
+    MEDIA_BUCKET_NOT_ALLOWED = "media_bucket_not_allowed"

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     artifacts_bucket: str = "dualmedia-mlflow"
     s3_max_attempts: int = Field(default=8, description="retries (with backoff) per S3 call")
     multipart_threshold_mb: int = 64
+    # Buckets besides a dataset's own that its manifests may name media in (JSON list in
+    # the environment: DUALMEDIA_MEDIA_BUCKETS='["shared-media"]'); any other bucket is
+    # refused, so a manifest cannot copy e.g. MLflow artifacts into a snapshot.
+    media_buckets: list[str] = Field(default_factory=list)
+    manifest_max_line_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="longer manifest lines are quarantined"
+    )
 
     # Tracking and registry.
     mlflow_tracking_uri: str | None = Field(default=None, description="unset = local server")
@@ -200,6 +207,8 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             elif isinstance(value, Path):
                 value = str(value.expanduser().resolve())
+            elif isinstance(value, list | dict):  # pydantic-settings reads these as JSON
+                value = json.dumps(value)
             env[f"DUALMEDIA_{name.upper()}"] = str(value)
         return env
 

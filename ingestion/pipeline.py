@@ -272,7 +272,11 @@ def _validate_batch(
     writer.close()
     accepted = writer.written
     quarantined = sum(reasons.values())
-    assert accepted + quarantined == read, "every record read is accepted or quarantined"
+    if accepted + quarantined != read:  # a real check: `python -O` drops asserts
+        raise IngestError(
+            f"batch {batch.name!r}: {read} records read but {accepted} accepted + "
+            f"{quarantined} quarantined; nothing is published when a record would be lost"
+        )
     problems = []
     reject_rate = quarantined / read if read else 0.0
     if reject_rate > config.max_reject_rate:

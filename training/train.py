@@ -36,6 +36,7 @@ from training.checkpoints import (
     ObjectStoreCheckpointIO,
     RunState,
     download_checkpoint,
+    load_checkpoint,
 )
 from training.config import HardwareConfig, StageConfig, TrainConfig
 from training.data import SnapshotDataModule, audio_statistics
@@ -82,12 +83,12 @@ def _quiet_libraries() -> None:
 
 
 def _checkpoint_step(path: Path) -> int:
-    # Our own checkpoint (Lightning's format is a pickle); the released model is safetensors.
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    # Read back from object storage: tensors and plain data only (CheckpointRefused else).
+    return int(load_checkpoint(path)["global_step"])
 
 
 def _load_weights(module: pl.LightningModule, path: Path) -> None:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(path)  # weights_only=True: nothing in it is run
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
 
