@@ -7,15 +7,24 @@ by time and verdict (`s3://<lake>/monitoring/<dataset>/index.html`, also rendere
 and are added to an Evidently workspace (`evidently ui --workspace <home>/evidently`).
 A drift verdict triggers the training DAG through Airflow's REST API, with a conf that
 says why; a cooldown keeps one drift from triggering a storm.
+
+The cooldown is atomic: the check-trigger-record sequence runs under `TriggerLock`, a
+mutual exclusion among monitors built on plain object storage (PUT, LIST, DELETE; no
+conditional writes, which `rclone serve s3` ignores), so two monitors judging the same
+drift at once start one retraining.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import tempfile
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from dualmedia.settings import Settings
@@ -24,6 +33,7 @@ from monitoring.drift import DriftConfig
 from monitoring.report import Verdict, Window, judge, render
 
 TRAINING_DAG = "multimodal_training"
+log = logging.getLogger(__name__)
 
 
 def monitoring_prefix(settings: Settings, dataset: str) -> S3Uri:
@@ -213,18 +223,58 @@ def decide_and_trigger(
     config: DriftConfig,
     trigger: bool,
 ) -> dict[str, Any]:
-    """Drift → a training DAG run (unless one was triggered within the cooldown)."""
+    """Drift → a training DAG run (unless one was triggered within the cooldown).
+
+    Monitors running at once take turns (TriggerLock): the one that goes first triggers
+    and records it, the others then find the record and report the cooldown."""
     if summary["verdict"] != "drift":
         return {"triggered": False, "why": "no drift"}
     store = ObjectStore(settings)
-    state_uri = monitoring_prefix(settings, dataset).join("last_trigger.json")
-    now = datetime.now(UTC)
-    if store.exists(state_uri):
+    base = monitoring_prefix(settings, dataset)
+    try:
+        with TriggerLock(store, base.join("trigger-lock")):
+            return _trigger_unless_cooling_down(
+                settings, store, base, dataset_uri, summary, config, trigger
+            )
+    except TriggerLockBusy as exc:
+        return {"triggered": False, "why": str(exc)}
+
+
+def _last_trigger(store: ObjectStore, state_uri: S3Uri) -> tuple[datetime, str] | None:
+    """The recorded last trigger (time, DAG run id), validated as data; None if absent."""
+    if not store.exists(state_uri):
+        return None
+    try:
         last = json.loads(store.read_text(state_uri))
-        since = now - datetime.fromisoformat(last["at"])
+        at = datetime.fromisoformat(last["at"])
+        run_id = last["dag_run_id"]
+        if at.tzinfo is None or not isinstance(run_id, str):
+            raise ValueError("needs a timezone-aware 'at' and a string 'dag_run_id'")
+        return at, run_id
+    except (ValueError, TypeError, KeyError) as exc:
+        # A damaged record must neither block retraining for good nor crash the monitor.
+        log.warning("%s: ignoring an unreadable trigger record: %s", state_uri, exc)
+        return None
+
+
+def _trigger_unless_cooling_down(
+    settings: Settings,
+    store: ObjectStore,
+    base: S3Uri,
+    dataset_uri: str,
+    summary: dict[str, Any],
+    config: DriftConfig,
+    trigger: bool,
+) -> dict[str, Any]:
+    """The check-trigger-record sequence; run only while holding the TriggerLock."""
+    state_uri = base.join("last_trigger.json")
+    now = datetime.now(UTC)
+    last = _last_trigger(store, state_uri)
+    if last is not None:
+        since = now - last[0]
         if since < timedelta(minutes=config.cooldown_minutes):
             minutes = int(since.total_seconds() // 60)
-            why = f"cooldown: run {last['dag_run_id']} was triggered {minutes} min ago"
+            why = f"cooldown: run {last[1]} was triggered {minutes} min ago"
             return {"triggered": False, "why": why}
     if not trigger:
         return {"triggered": False, "why": "triggering disabled"}
@@ -249,3 +299,114 @@ def decide_and_trigger(
         "dag_run_id": run["dag_run_id"],
         "url": client.run_url(TRAINING_DAG, run["dag_run_id"]),
     }
+
+
+# ---- the trigger lock ------------------------------------------------------------------
+class TriggerLockBusy(RuntimeError):
+    """Another monitor held the trigger lock for longer than a monitor waits."""
+
+
+class TriggerLock:
+    """Mutual exclusion among monitors over object storage: Lamport's bakery algorithm.
+
+    Works with any S3 that has read-after-write consistency for PUT/LIST/DELETE (AWS S3,
+    MinIO, `rclone serve s3`); it needs no conditional write (rclone ignores
+    If-None-Match/If-Match). Under `prefix`:
+
+        e-<ms>-<id>           "entering": taking a ticket right now
+        t-<n>-<ms>-<id>       a ticket: turn n (ties broken by id)
+
+    A monitor writes its entering mark, takes ticket 1 + the highest it lists, removes the
+    mark, then waits until no one is entering and no ticket is ahead of its own. At any
+    moment a monitor between its first write and its release shows a mark or a ticket,
+    so one that lists neither has not begun and will take a higher ticket: two monitors
+    never hold the lock at once. Marks and tickets older than `lease_s` (a monitor that
+    died holding them) are ignored and removed.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        prefix: S3Uri,
+        lease_s: float = 600.0,
+        wait_s: float = 300.0,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.lease_s = lease_s
+        self.wait_s = wait_s
+        self.poll_s = poll_s
+        self.me = uuid.uuid4().hex
+        self.ticket: S3Uri | None = None
+
+    def _entries(self) -> tuple[list[tuple[str, str]], list[tuple[int, str, str]]]:
+        """(entering: (id, key)), (tickets: (n, id, key)); expired ones removed."""
+        entering, tickets = [], []
+        now_ms = time.time() * 1000
+        for obj in self.store.list(self.prefix):
+            name = obj.key.rsplit("/", 1)[-1]
+            kind, _, rest = name.partition("-")
+            parts = rest.split("-")
+            try:
+                if kind == "e" and len(parts) == 2:
+                    stamp, who, n = int(parts[0]), parts[1], 0
+                elif kind == "t" and len(parts) == 3:
+                    n, stamp, who = int(parts[0]), int(parts[1]), parts[2]
+                else:
+                    continue
+            except ValueError:
+                continue
+            if now_ms - stamp > self.lease_s * 1000 and who != self.me:
+                log.warning("trigger lock: removing %s, older than its lease", obj.key)
+                self.store.delete(S3Uri(self.prefix.bucket, obj.key))
+                continue
+            if kind == "e":
+                entering.append((who, obj.key))
+            else:
+                tickets.append((n, who, obj.key))
+        return entering, tickets
+
+    def acquire(self) -> None:
+        stamp = int(time.time() * 1000)
+        mark = self.prefix.join(f"e-{stamp}-{self.me}")
+        self.store.write_bytes(mark, b"")
+        try:
+            _, tickets = self._entries()
+            number = 1 + max((n for n, _, _ in tickets), default=0)
+            self.ticket = self.prefix.join(f"t-{number:012d}-{stamp}-{self.me}")
+            self.store.write_bytes(self.ticket, b"")
+        finally:
+            self.store.delete(mark)
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            entering, tickets = self._entries()
+            busy = any(who != self.me for who, _ in entering) or any(
+                (n, who) < (number, self.me) for n, who, _ in tickets
+            )
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                self.release()
+                raise TriggerLockBusy(
+                    f"another monitor held the trigger lock ({self.prefix}) for over "
+                    f"{self.wait_s:.0f}s; not triggering (it decides on this drift)"
+                )
+            time.sleep(self.poll_s)
+
+    def release(self) -> None:
+        if self.ticket is not None:
+            self.store.delete(self.ticket)
+            self.ticket = None
+
+    def __enter__(self) -> TriggerLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -5,6 +5,17 @@ which modalities it had, its embeddings and (for insights) its predicted classes
 Rows are buffered in the worker and written to object storage as small Parquet
 files under `s3://<lake>/monitoring/<dataset>/served/`; recording never fails or
 slows a request beyond appending to a list (writes happen on a background thread).
+
+Faults lose nothing that can be kept:
+
+- A failed write keeps its rows in the buffer and is retried with backoff (doubling up
+  to `MAX_BACKOFF_S`) at the next flush; the buffer is bounded (`max_rows`), and only
+  when S3 stays down long enough to fill it are the oldest rows dropped, and counted
+  (`dropped`, and the `on_drop` callback: the handler can turn it into a TorchServe
+  metric).
+- The buffer is flushed when the worker stops: at interpreter exit (atexit) and on
+  SIGTERM (what TorchServe's frontend sends a worker it stops), through a handler that
+  then hands the signal to whatever handler was installed before it.
 """
 
 from __future__ import annotations
@@ -13,11 +24,16 @@ import atexit
 import io
 import json
 import logging
+import os
+import signal
 import threading
 import time
 import uuid
+import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pyarrow as pa
@@ -39,6 +55,11 @@ SERVED_SCHEMA = pa.schema(
         pa.field("predictions", pa.string()),  # JSON: label -> class (insights only)
     ]
 )
+MAX_ROWS = 20_000  # buffered rows at most (a few tens of MB) while S3 is unreachable
+ROWS_PER_FILE = 2_048
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+STOP_WAIT_S = 10.0  # how long a stopping worker waits for a write already under way
 
 
 def served_prefix(settings: Settings, dataset: str) -> S3Uri:
@@ -54,6 +75,10 @@ class ServedLog:
         model_version: str,
         flush_every: int = 32,
         flush_seconds: float = 30.0,
+        *,
+        max_rows: int = MAX_ROWS,
+        on_drop: Callable[[int], None] | None = None,
+        handle_stop: bool = False,
     ) -> None:
         self.store = store
         self.prefix = prefix
@@ -61,25 +86,60 @@ class ServedLog:
         self.model_version = model_version
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
+        self.max_rows = max_rows
+        self.on_drop = on_drop
         self.rows: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
-        self.lock = threading.Lock()
+        # Re-entrant: the SIGTERM handler runs on the main thread, possibly while that
+        # thread is inside `record` holding the lock.
+        self.lock = threading.RLock()
+        self.write_lock = threading.Lock()  # one write at a time, in order
         self.flushing = threading.Event()  # set while a background flush runs
-        atexit.register(self.flush)
+        self.retry_at = 0.0  # monotonic time before which no background retry starts
+        self.backoff = FIRST_BACKOFF_S
+        self.written = 0  # rows written to object storage
+        self.dropped = 0  # rows lost: buffer full while storage was down, or at stop
+        self.failed_writes = 0
+        _LIVE.add(self)
+        _install_stop_hooks(signals=handle_stop)
 
     @classmethod
-    def from_archive(cls, model_dir: str, task: str, model_version: str) -> ServedLog:
-        """A log for this worker; a no-op when the archive or settings say no storage."""
+    def from_archive(
+        cls,
+        model_dir: str,
+        task: str,
+        model_version: str,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> ServedLog:
+        """A log for this worker; a no-op when the archive or settings say no storage.
+
+        It flushes on SIGTERM and at exit. `on_drop(n)` is told each time n rows had to be
+        dropped (e.g. `lambda n: context.metrics.add_counter("ServedRowsDropped", n)`)."""
         info_path = Path(model_dir) / ARCHIVE_INFO
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
             settings = Settings()
             return cls(
-                ObjectStore(settings), served_prefix(settings, info["dataset"]), task, model_version
+                ObjectStore(settings),
+                served_prefix(settings, info["dataset"]),
+                task,
+                model_version,
+                on_drop=on_drop,
+                handle_stop=True,
             )
         except Exception as exc:  # monitoring must never stop serving
             log.warning("served-request log disabled: %s", exc)
             return cls(None, None, task, model_version)
+
+    def stats(self) -> dict[str, int]:
+        with self.lock:
+            buffered = len(self.rows)
+        return {
+            "buffered": buffered,
+            "written": self.written,
+            "dropped": self.dropped,
+            "failed_writes": self.failed_writes,
+        }
 
     def record(
         self, request: Any, result: dict[str, Any], embeddings: dict[str, Any] | None = None
@@ -92,20 +152,43 @@ class ServedLog:
             "task": self.task,
             "model_version": self.model_version,
             "stats": json.dumps(request.inputs.stats),
-            "modalities": [m.value for m in request.inputs.modalities],
+            "modalities": [str(getattr(m, "value", m)) for m in request.inputs.modalities],
             "embeddings": json.dumps(embeddings or {}),
             "predictions": json.dumps(predictions),
         }
         with self.lock:
             self.rows.append(row)
+            over = self._trim()
+            now = time.monotonic()
             due = (
-                len(self.rows) >= self.flush_every
-                or time.monotonic() - self.last_flush > self.flush_seconds
-            )
+                len(self.rows) >= self.flush_every or now - self.last_flush > self.flush_seconds
+            ) and now >= self.retry_at
+        self._count_dropped(over)
         if due and not self.flushing.is_set():
             # Off the request path: the answer does not wait for Parquet and S3.
             self.flushing.set()
-            threading.Thread(target=self._flush_in_background, daemon=True).start()
+            threading.Thread(
+                target=self._flush_in_background, name="served-log-flush", daemon=True
+            ).start()
+
+    def _trim(self) -> int:
+        """Drop the oldest rows over the bound (lock held); returns how many."""
+        over = len(self.rows) - self.max_rows
+        if over > 0:
+            del self.rows[:over]
+            return over
+        return 0
+
+    def _count_dropped(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.dropped += n
+        log.warning("served-request log dropped %d rows (%d in all)", n, self.dropped)
+        if self.on_drop is not None:
+            try:
+                self.on_drop(n)
+            except Exception as exc:  # a metrics problem must not break serving
+                log.warning("could not report dropped served rows: %s", exc)
 
     def _flush_in_background(self) -> None:
         try:
@@ -113,12 +196,39 @@ class ServedLog:
         finally:
             self.flushing.clear()
 
-    def flush(self) -> None:
-        with self.lock:
-            rows, self.rows = self.rows, []
-            self.last_flush = time.monotonic()
-        if not rows or self.store is None or self.prefix is None:
-            return
+    def flush(self, final: bool = False) -> bool:
+        """Write every buffered row; True when the buffer is empty afterwards.
+
+        Rows of a failed write go back to the front of the buffer (kept for the next
+        flush, after a backoff). With `final` (the worker is stopping) rows that cannot
+        be written are counted as dropped instead."""
+        with self.write_lock:
+            while True:
+                with self.lock:
+                    rows = self.rows[:ROWS_PER_FILE]
+                    del self.rows[:ROWS_PER_FILE]
+                    self.last_flush = time.monotonic()
+                if not rows:
+                    return True
+                if self.store is None or self.prefix is None:
+                    continue  # no storage configured: nothing to keep them for
+                if not self._write(rows):
+                    if final:
+                        self._count_dropped(len(rows))
+                        continue
+                    with self.lock:
+                        self.rows[:0] = rows
+                        over = self._trim()
+                        self.retry_at = time.monotonic() + self.backoff
+                        self.backoff = min(self.backoff * 2, MAX_BACKOFF_S)
+                    self._count_dropped(over)
+                    return False
+                with self.lock:
+                    self.retry_at = 0.0
+                    self.backoff = FIRST_BACKOFF_S
+
+    def _write(self, rows: list[dict[str, Any]]) -> bool:
+        assert self.store is not None and self.prefix is not None
         day = rows[0]["served_at"][:10]
         name = f"{rows[0]['served_at'][:19].replace(':', '')}-{uuid.uuid4().hex[:8]}.parquet"
         buffer = io.BytesIO()
@@ -126,4 +236,59 @@ class ServedLog:
         try:
             self.store.write_bytes(self.prefix.join(day, name), buffer.getvalue())
         except Exception as exc:  # never fail a request over monitoring
-            log.warning("could not write %d served records: %s", len(rows), exc)
+            self.failed_writes += 1
+            log.warning("could not write %d served records (kept for a retry): %s", len(rows), exc)
+            return False
+        self.written += len(rows)
+        return True
+
+    def close(self) -> None:
+        """Flush what is buffered, once more trying rows a failed write kept (worker stop)."""
+        self.flush(final=True)
+
+
+# ---- flushing when the worker stops -------------------------------------------------------
+_LIVE: weakref.WeakSet[ServedLog] = weakref.WeakSet()
+_hooks = {"atexit": False, "signal": False}
+_hooks_lock = threading.Lock()
+
+
+def flush_all() -> None:
+    """Flush every live log of this process (what exit and SIGTERM run)."""
+    for served in list(_LIVE):
+        try:
+            served.close()
+        except Exception as exc:
+            log.warning("could not flush the served-request log at stop: %s", exc)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    flush_all()
+    previous = _previous_handler
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    else:  # the default action: end the process, as without us (atexit ran above)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+_previous_handler: Any = None
+
+
+def _install_stop_hooks(signals: bool) -> None:
+    global _previous_handler
+    with _hooks_lock:
+        if not _hooks["atexit"]:
+            atexit.register(flush_all)
+            _hooks["atexit"] = True
+        if signals and not _hooks["signal"]:
+            try:
+                previous = signal.getsignal(signal.SIGTERM)
+                signal.signal(signal.SIGTERM, _on_sigterm)
+            except ValueError:  # not the main thread: atexit still flushes
+                log.warning("served-request log: SIGTERM flush not installed (not main thread)")
+                return
+            _previous_handler = previous
+            _hooks["signal"] = True
