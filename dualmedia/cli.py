@@ -83,10 +83,16 @@ def down(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """Show each service of the stack: its URL and state (running, stopped, ...)."""
-    stack = Stack(get_settings())
+    settings = get_settings()
+    stack = Stack(settings)
     statuses = stack.status()
     emit(
-        {"services": [s.to_dict() for s in statuses]},
+        # Each service's "backend" and the feature store's say which profile runs.
+        {
+            "profile": settings.profile,
+            "services": [s.to_dict() for s in statuses],
+            "feature_store": stack.feature_store_backend(),
+        },
         as_json,
         lambda r: _print_status(statuses, {}),
     )

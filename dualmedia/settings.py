@@ -69,6 +69,35 @@ class Settings(BaseSettings):
     )
     airflow_parallelism: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2))
     dags_folder: Path = REPO_ROOT / "dags"
+    # Celery queues of the production profile: I/O steps go to the default queue, training
+    # steps to the train queue, so a GPU worker pool can take training only. DAG files
+    # route a task with `queue=settings.airflow_train_queue`.
+    airflow_default_queue: str = Field(default="default", pattern="^[A-Za-z0-9_.-]+$")
+    airflow_train_queue: str = Field(default="train", pattern="^[A-Za-z0-9_.-]+$")
+
+    # ---- the production profile (docs/scaling.md) -----------------------------------
+    # "local": SQLite, LocalExecutor, file registries (what `make demo` runs).
+    # "production": Airflow CeleryExecutor + PostgreSQL + Redis, MLflow on PostgreSQL,
+    # Feast on Redis with a SQL registry on PostgreSQL.
+    profile: str = Field(default="local", pattern="^(local|production)$")
+    # The PostgreSQL server (no database in the path); `up` creates the databases below
+    # on it when missing. A password in the URL stays secret.
+    postgres_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432")
+    postgres_airflow_db: str = Field(default="dualmedia_airflow", pattern="^[a-z_][a-z0-9_]*$")
+    postgres_mlflow_db: str = Field(default="dualmedia_mlflow", pattern="^[a-z_][a-z0-9_]*$")
+    postgres_feast_db: str = Field(default="dualmedia_feast", pattern="^[a-z_][a-z0-9_]*$")
+    # The Celery broker (the db number keeps stacks apart on one Redis).
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    airflow_workers: int = Field(default=2, ge=1, description="Celery workers `up` starts")
+    airflow_worker_concurrency: int = Field(
+        default=2, ge=1, description="task slots per Celery worker"
+    )
+    airflow_worker_queues: str = Field(
+        default="", description="queues of the local Celery workers; empty = default and train"
+    )
+    # How long the scheduler waits for a running task's heartbeat before failing it (and
+    # retrying it when it has retries): what a worker killed mid-task costs.
+    airflow_task_heartbeat_timeout_s: int = Field(default=300, ge=5)
 
     # Serving.
     torchserve_inference_url: str | None = None
@@ -131,6 +160,33 @@ class Settings(BaseSettings):
     @property
     def airflow_base_url(self) -> str:
         return (self.airflow_url or f"http://{self.host}:{self.airflow_port}").rstrip("/")
+
+    @property
+    def production(self) -> bool:
+        return self.profile == "production"
+
+    def postgres_database_url(self, database: str, scheme: str = "postgresql") -> str:
+        """The URL of one database on the PostgreSQL server (holds the password, if any:
+        pass it to child processes only, never to a log)."""
+        base = self.postgres_url.get_secret_value().rstrip("/")
+        rest = base.split("://", 1)[1] if "://" in base else base
+        query = ""
+        if "?" in rest:
+            rest, query = rest.split("?", 1)
+            query = "?" + query
+        rest = rest.split("/", 1)[0]  # a database in the server URL is replaced
+        return f"{scheme}://{rest}/{database}{query}"
+
+    @property
+    def airflow_queues(self) -> list[str]:
+        """The queues the local Celery workers consume."""
+        given = [q.strip() for q in self.airflow_worker_queues.split(",") if q.strip()]
+        return given or [self.airflow_default_queue, self.airflow_train_queue]
+
+    @property
+    def feast_backend(self) -> str:
+        """Which feature_store YAML applies: the production profile implies Feast's."""
+        return "production" if self.production else self.feast_profile
 
     @property
     def torchserve_inference(self) -> str:

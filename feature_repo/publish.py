@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import string
 import tempfile
@@ -130,20 +131,30 @@ def published_vectors(settings: Settings, dataset: str, version: str) -> dict[st
 
 # ---- the Feast repository -------------------------------------------------------------------
 def deploy_repo(settings: Settings) -> Path:
-    """Copy the declarative repository to the state folder with the profile's YAML."""
+    """Copy the declarative repository to the state folder with the profile's YAML.
+
+    Production: the SQL registry's database is created when missing (idempotent), and
+    the rendered YAML is owner-only since it holds the connection strings."""
     target = repo_dir(settings)
     (target / "data").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO_SOURCE / "definitions.py", target / "definitions.py")
-    name = (
-        "feature_store.yaml"
-        if settings.feast_profile == "local"
-        else "feature_store.production.yaml"
-    )
+    production = settings.feast_backend == "production"
+    name = "feature_store.production.yaml" if production else "feature_store.yaml"
     template = string.Template((REPO_SOURCE / name).read_text(encoding="utf-8"))
-    rendered = template.substitute(
-        project=settings.feast_project, redis=settings.feast_redis.get_secret_value()
-    )
-    (target / "feature_store.yaml").write_text(rendered, encoding="utf-8")
+    values = {"project": settings.feast_project}
+    if production:
+        from dualmedia.stack.postgres import ensure_database
+
+        ensure_database(settings, settings.postgres_feast_db)
+        registry = settings.postgres_database_url(settings.postgres_feast_db, "postgresql+psycopg2")
+        # JSON strings are YAML strings: any character of a password stays intact.
+        values["registry"] = json.dumps(registry)
+        values["redis"] = json.dumps(settings.feast_redis.get_secret_value())
+    path = target / "feature_store.yaml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(template.substitute(values))
+    path.chmod(0o600)  # a file written by an older version may have been readable by all
     return target
 
 

@@ -1,17 +1,24 @@
-"""The local stack: real services on loopback, started and stopped as one."""
+"""The stack: real services on loopback, started and stopped as one.
+
+`settings.profile` chooses their shape: "local" (SQLite, LocalExecutor) or
+"production" (Airflow's components and Celery workers over PostgreSQL and Redis,
+MLflow on PostgreSQL); see docs/scaling.md.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from dualmedia.settings import Settings
-from dualmedia.stack.airflow import AirflowService
+from dualmedia.stack import postgres
+from dualmedia.stack.airflow import AirflowService, airflow_services
 from dualmedia.stack.base import Service, ServiceStatus, StackError
 from dualmedia.stack.mlflow import MlflowService
 from dualmedia.stack.s3 import ObjectStorageService
 from dualmedia.stack.torchserve import TorchServeService
 
-# Start order: MLflow stores artifacts in object storage, so storage comes first.
+# Start order: MLflow stores artifacts in object storage, so storage comes first. In the
+# production profile the Airflow entry expands into its components (airflow_services).
 SERVICE_TYPES: tuple[type[Service], ...] = (
     ObjectStorageService,
     MlflowService,
@@ -27,13 +34,19 @@ class Stack:
 
     def __init__(self, settings: Settings, only: list[str] | None = None) -> None:
         self.settings = settings
-        services = [cls(settings) for cls in SERVICE_TYPES]
+        services: list[Service] = []
+        for cls in SERVICE_TYPES:
+            if cls is AirflowService:
+                services += airflow_services(settings)
+            else:
+                services.append(cls(settings))
         if only:
-            unknown = set(only) - {s.name for s in services}
+            known = {s.selector for s in services} | {s.name for s in services}
+            unknown = set(only) - known
             if unknown:
-                names = ", ".join(s.name for s in services)
+                names = ", ".join(sorted({s.selector for s in services}))
                 raise StackError(f"unknown service(s) {sorted(unknown)}; known: {names}")
-            services = [s for s in services if s.name in only]
+            services = [s for s in services if s.selector in only or s.name in only]
         self.services = services
 
     def service(self, name: str) -> Service:
@@ -41,6 +54,13 @@ class Stack:
 
     def up(self, report: Callable[[Service, str], None] = lambda s, m: None) -> None:
         """Start every local service in order and wait for each health check."""
+        users = [
+            s for s in self.services if not s.is_external() and s.selector in ("airflow", "mlflow")
+        ]
+        if self.settings.production and users:
+            # The databases on the (external) PostgreSQL server, created when missing.
+            for name in postgres.ensure_databases(self.settings):
+                report(users[0], f"created PostgreSQL database {name}")
         for service in self.services:
             if service.is_external():
                 report(service, "external: not started here")
@@ -56,3 +76,20 @@ class Stack:
 
     def status(self) -> list[ServiceStatus]:
         return [s.status() for s in self.services]
+
+    def feature_store_backend(self) -> dict[str, object]:
+        """Feast runs in-process (no service to start); what its stores are."""
+        s = self.settings
+        if s.feast_backend == "production":
+            host = s.feast_redis.get_secret_value().split(",", 1)[0]
+            registry = s.postgres_database_url(s.postgres_feast_db)
+            return {
+                "online_store": f"redis://{host}",
+                "registry": postgres.masked(registry),
+                "offline_store": f"s3://{s.lake_bucket}/features",
+            }
+        return {
+            "online_store": "sqlite",
+            "registry": "file",
+            "offline_store": f"s3://{s.lake_bucket}/features",
+        }

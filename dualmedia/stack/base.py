@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -36,6 +36,9 @@ class ServiceStatus:
     state: str  # running | unhealthy | stopped | external-up | external-down
     pid: int | None
     log: str | None
+    # What the service runs on (executor, metadata DB, backend store, ...), so a script
+    # can tell which profile runs; secrets masked.
+    backend: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -45,6 +48,7 @@ class ServiceStatus:
             "state": self.state,
             "pid": self.pid,
             "log": self.log,
+            "backend": self.backend,
         }
 
 
@@ -73,6 +77,7 @@ class Service(ABC):
 
     name: str  # short id, used for file names: "s3"
     title: str  # what it is, for people: "object storage"
+    group: str = ""  # what `--service` selects; "" = the name (Airflow's processes share one)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -112,6 +117,14 @@ class Service(ABC):
     def login_hint(self) -> str | None:
         """How a person logs in, printed by `up` (never a secret from settings)."""
         return None
+
+    def backend(self) -> dict[str, object]:
+        """What the service stores its state in / runs tasks with (no secrets)."""
+        return {}
+
+    @property
+    def selector(self) -> str:
+        return self.group or self.name
 
     # ---- files -----------------------------------------------------------------------
     @property
@@ -245,7 +258,7 @@ class Service(ABC):
     def status(self) -> ServiceStatus:
         if self.is_external():
             state = "external-up" if self.is_healthy() else "external-down"
-            return ServiceStatus(self.name, self.title, self.url, state, None, None)
+            return ServiceStatus(self.name, self.title, self.url, state, None, None, self.backend())
         proc = self.process()
         if proc is None:
             state = "stopped"
@@ -258,6 +271,7 @@ class Service(ABC):
             state,
             proc.pid if proc else None,
             str(self.log_path),
+            self.backend(),
         )
 
     def log_tail(self, lines: int = 20) -> str:

@@ -21,13 +21,32 @@ class MlflowService(Service):
     def ports(self) -> dict[int, str]:
         return {self.settings.mlflow_port: "DUALMEDIA_MLFLOW_PORT"}
 
+    @property
+    def backend_store_uri(self) -> str:
+        """SQLite in the state folder, or the PostgreSQL database of the production profile
+        (the server creates its tables; `up` creates the database when missing)."""
+        s = self.settings
+        if s.production:
+            return s.postgres_database_url(s.postgres_mlflow_db)
+        return f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    def backend(self) -> dict[str, object]:
+        from dualmedia.stack.postgres import masked
+
+        if self.is_external():
+            return {"backend_store": "external"}
+        return {
+            "backend_store": masked(self.backend_store_uri),
+            "artifacts": f"s3://{self.settings.artifacts_bucket}/artifacts",
+        }
+
     def command(self) -> list[str]:
         s = self.settings
         return [
             str(venv_bin() / "mlflow"),
             "server",
-            "--backend-store-uri",
-            f"sqlite:///{self.state_dir / 'mlflow.db'}",
+            # --backend-store-uri comes from MLFLOW_BACKEND_STORE_URI (extra_env): a database
+            # password stays off the command line, which `ps` shows to every user.
             # The server proxies artifacts (--serve-artifacts is the default), so clients
             # need no S3 credentials of their own.
             "--artifacts-destination",
@@ -54,6 +73,7 @@ class MlflowService(Service):
         }
         if s.s3_endpoint:
             env["MLFLOW_S3_ENDPOINT_URL"] = s.s3_endpoint
+        env["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri
         return env
 
     def is_healthy(self) -> bool:
