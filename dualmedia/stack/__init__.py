@@ -82,7 +82,7 @@ class Stack:
         s = self.settings
         if s.feast_backend == "production":
             host = s.feast_redis.get_secret_value().split(",", 1)[0]
-            registry = s.postgres_database_url(s.postgres_feast_db)
+            registry = s.postgres_database_url(s.postgres_feast_db, "postgresql+psycopg2")
             return {
                 "online_store": f"redis://{host}",
                 "registry": postgres.masked(registry),

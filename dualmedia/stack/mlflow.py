@@ -27,7 +27,9 @@ class MlflowService(Service):
         (the server creates its tables; `up` creates the database when missing)."""
         s = self.settings
         if s.production:
-            return s.postgres_database_url(s.postgres_mlflow_db)
+            # The driver is explicit: SQLAlchemy 2.1 takes a bare postgresql:// to mean
+            # psycopg 3, while the pinned driver is psycopg2.
+            return s.postgres_database_url(s.postgres_mlflow_db, "postgresql+psycopg2")
         return f"sqlite:///{self.state_dir / 'mlflow.db'}"
 
     def backend(self) -> dict[str, object]:
