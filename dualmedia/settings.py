@@ -14,8 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dualmedia import credentials
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,8 +36,10 @@ class Settings(BaseSettings):
         default=None, description="S3 endpoint; unset = the local rclone server; empty = AWS"
     )
     s3_port: int = 9000
-    s3_access_key: SecretStr = SecretStr("dualmedia")
-    s3_secret_key: SecretStr = SecretStr("dualmedia-secret")
+    # Unset with the local server: generated per install into <home>/secrets/s3.json
+    # (dualmedia/credentials.py). Unset with an external endpoint: boto3's own chain.
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
     s3_region: str = "us-east-1"
     raw_bucket: str = "dualmedia-raw"
     lake_bucket: str = "dualmedia-lake"
@@ -54,6 +58,11 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(default=None, description="unset = local server")
     mlflow_port: int = 5000
     mlflow_experiment: str = "dualmedia"
+    # HTTP basic auth (MLflow's basic-auth app). Unset password with the local server:
+    # generated per install into <home>/secrets/mlflow.json; with an external server:
+    # anonymous.
+    mlflow_username: str = "admin"
+    mlflow_password: SecretStr | None = None
 
     # Orchestration.
     airflow_url: str | None = Field(default=None, description="unset = local airflow standalone")
@@ -141,6 +150,19 @@ class Settings(BaseSettings):
     # Health-check patience when starting services (seconds).
     startup_timeout_s: float = 300.0
 
+    @model_validator(mode="after")
+    def _local_credentials(self) -> Settings:
+        """The local stack's generated credentials, for whatever is not set explicitly."""
+        s3_unset = self.s3_access_key is None or self.s3_secret_key is None
+        if self.s3_endpoint_url is None and s3_unset:
+            keys = credentials.local_s3_keys(self.home_dir)
+            self.s3_access_key = self.s3_access_key or SecretStr(keys["access_key"])
+            self.s3_secret_key = self.s3_secret_key or SecretStr(keys["secret_key"])
+        if self.mlflow_tracking_uri is None and self.mlflow_password is None:
+            password = credentials.local_mlflow_secrets(self.home_dir)["password"]
+            self.mlflow_password = SecretStr(password)
+        return self
+
     # ---- derived values -------------------------------------------------------------
     @property
     def home_dir(self) -> Path:
@@ -155,7 +177,19 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_uri(self) -> str:
+        """The tracking server's URL. Every MLflow client is built from it, so reading it
+        also hands this server's credentials to the mlflow library (which takes them only
+        from its environment): a client made from this URL authenticates as these settings
+        say. One process talks to one MLflow server at a time."""
+        password = self.mlflow_password.get_secret_value() if self.mlflow_password else None
+        credentials.export_mlflow_credentials(self.mlflow_username, password)
         return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    def mlflow_credentials(self) -> tuple[str, str] | None:
+        """(username, password) for HTTP basic auth to MLflow; None = anonymous."""
+        if self.mlflow_password is None:
+            return None
+        return self.mlflow_username, self.mlflow_password.get_secret_value()
 
     @property
     def airflow_base_url(self) -> str:

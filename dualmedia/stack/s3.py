@@ -37,9 +37,12 @@ class ObjectStorageService(Service):
         ]
 
     def extra_env(self) -> dict[str, str]:
-        # The keys go through rclone's environment, not its command line, so `ps` and the
-        # pid file never show them.
+        # The keys (generated per install unless set: settings, dualmedia/credentials.py) go
+        # through rclone's environment, not its command line, so `ps` and the pid file never
+        # show them; every request must be signed with them (no anonymous access).
         s = self.settings
+        if s.s3_access_key is None or s.s3_secret_key is None:  # only for an external S3
+            raise RuntimeError("the local S3 server needs DUALMEDIA_S3_ACCESS_KEY/_SECRET_KEY")
         key = f"{s.s3_access_key.get_secret_value()},{s.s3_secret_key.get_secret_value()}"
         # The variable is CSV (the flag can repeat): quote the pair so its comma stays in.
         return {"RCLONE_AUTH_KEY": f'"{key}"'}

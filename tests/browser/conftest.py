@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from dualmedia.settings import REPO_ROOT
+from dualmedia.settings import REPO_ROOT, Settings
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
 
@@ -80,6 +80,20 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
+def mlflow_login(request: pytest.FixtureRequest) -> dict[str, str] | None:
+    """The MLflow server's basic-auth credentials when the test's `stack` fixture is a
+    Settings: the browser answers MLflow's 401 challenge with them, and sends them to that
+    origin only (Airflow has its own login form)."""
+    if "stack" not in request.fixturenames:
+        return None
+    stack = request.getfixturevalue("stack")
+    login = stack.mlflow_credentials() if isinstance(stack, Settings) else None
+    if login is None:
+        return None
+    origin = stack.mlflow_uri.rstrip("/")
+    return {"username": login[0], "password": login[1], "origin": origin}
+
+
 @pytest.fixture
 def page(browser: Browser, artifacts: Path, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh browser context (no cookies) per test; screenshot + trace when it fails."""
@@ -88,7 +102,9 @@ def page(browser: Browser, artifacts: Path, request: pytest.FixtureRequest) -> I
     failed_trace = artifacts / f"FAILED-{name}-trace.zip"
     for stale in (failed_png, failed_trace):
         stale.unlink(missing_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 900}, http_credentials=mlflow_login(request)
+    )
     context.set_default_timeout(TIMEOUT_MS)
     context.set_default_navigation_timeout(TIMEOUT_MS)
     context.tracing.start(screenshots=True, snapshots=True)
