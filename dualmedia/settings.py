@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # How long the scheduler waits for a running task's heartbeat before failing it (and
     # retrying it when it has retries): what a worker killed mid-task costs.
     airflow_task_heartbeat_timeout_s: int = Field(default=300, ge=5)
+    # Airflow's per-install keys (JSON: jwt_secret, api_secret_key, fernet_key), the same
+    # for every component; unset = <home>/airflow/secrets.json, generated on first use.
+    # Containers mount one file (a Kubernetes Secret, a compose secret) here.
+    airflow_secrets_file: Path | None = None
 
     # Serving.
     torchserve_inference_url: str | None = None

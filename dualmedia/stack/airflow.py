@@ -73,11 +73,15 @@ class _AirflowBase(Service):
     def install_secrets(self) -> dict[str, str]:
         """Per-install keys, generated once into an owner-only file: the JWT secret of the
         execution API and the api-server's session key must match across components."""
-        path = self.state_dir / SECRETS_FILE
+        given = self.settings.airflow_secrets_file
+        path = given or self.state_dir / SECRETS_FILE
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
-            pass
+            if given is not None:  # mounted by the operator: never generated over
+                raise StackError(
+                    f"cannot read Airflow's keys from {given} (DUALMEDIA_AIRFLOW_SECRETS_FILE)"
+                ) from None
         from cryptography.fernet import Fernet
 
         values = {
