@@ -140,6 +140,10 @@ class Settings(BaseSettings):
         description="TorchServe workers per endpoint (default: one per core, at most 4)",
     )
     serving_threads: int = Field(default=1, description="torch and BLAS threads per serving worker")
+    # The model server deploy/rollback/restore talk to (serving/backend.py BACKENDS).
+    serving_backend: str = Field(
+        default="torchserve", pattern="^[a-z][a-z0-9_-]*$", description="model server"
+    )
 
     # The registered model the CLI's promote/deploy/publish/monitor act on by default.
     model_name: str = "customer-feedback"
@@ -249,10 +253,11 @@ class Settings(BaseSettings):
         return self.home_dir / "torchserve" / "model-store"
 
     @property
-    def torchserve_deployments_file(self) -> Path:
-        """What is deployed (default and previous version per endpoint); the local stack
-        re-registers it when TorchServe starts again."""
-        return self.home_dir / "torchserve" / "deployments.json"
+    def serving_record_uri(self) -> str:
+        """The deployment record (default and previous version per endpoint, history):
+        in object storage, so every machine reads the same one; restore re-registers it
+        when the model server starts again. The live state is asked from the server."""
+        return f"s3://{self.lake_bucket}/serving/deployments.json"
 
     @property
     def torchserve_key_path(self) -> Path:

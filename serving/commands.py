@@ -75,6 +75,57 @@ def _print_rollback(r: dict[str, Any]) -> None:
     )
 
 
+def deployments_command(
+    restore: Annotated[
+        bool,
+        typer.Option(
+            "--restore",
+            help="Re-register what the record holds on a server that lost it (a restart).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """What is deployed: the record in object storage beside the serving backend's live
+    state. With --restore, re-register the record and say what failed (exit code 1 when
+    anything did). `dualmedia up` runs `deployments --restore` after TorchServe starts."""
+    from serving.deploy import restore as serving_restore
+    from serving.deploy import state
+
+    settings = get_settings()
+    if not restore:
+        emit(state(settings), as_json, _print_state)
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        result = serving_restore(settings)
+    emit(result, as_json, _print_restore)
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+def _print_state(r: dict[str, Any]) -> None:
+    out.print(f"backend {r['backend']}, record {r['record']}")
+    for endpoint, e in r["endpoints"].items():
+        workers = ", ".join(f"v{v}: {n} workers" for v, n in e["live"]["workers"].items())
+        sync = "" if e["in_sync"] else "  [yellow](differs from the record)[/]"
+        out.print(
+            f"  {endpoint:<9} default v{e['live']['default']} (recorded v{e['recorded']['default']}"
+            f", previous v{e['recorded']['previous']}); {workers or 'nothing registered'}{sync}"
+        )
+
+
+def _print_restore(r: dict[str, Any]) -> None:
+    out.print(
+        f"{r['status']}: {len(r['restored'])} registered, {len(r['present'])} already there "
+        f"(record {r['record']})"
+    )
+    for f in r["failed"]:
+        out.print(
+            f"  [red]failed[/] {f['endpoint']} version {f['version']} ({f['archive']}): "
+            f"{f['error']}"
+        )
+
+
 def register(app: typer.Typer) -> None:
     app.command("deploy")(deploy_command)
     app.command("rollback")(rollback_command)
+    app.command("deployments")(deployments_command)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import requests
 
 from dualmedia.settings import REPO_ROOT
 from dualmedia.stack.base import Service, venv_bin
+from dualmedia.stack.s3 import ObjectStorageService
 
 LOG_CONFIG = REPO_ROOT / "infra" / "torchserve-log4j2.xml"
 
@@ -16,6 +20,7 @@ LOG_CONFIG = REPO_ROOT / "infra" / "torchserve-log4j2.xml"
 class TorchServeService(Service):
     name = "torchserve"
     title = "serving"
+    restore_note = ""  # what restoring the deployments did, for `up` to show
 
     @property
     def url(self) -> str:
@@ -92,37 +97,61 @@ class TorchServeService(Service):
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
 
+    def start(self) -> str:
+        self.restore_note = ""
+        started = super().start()
+        return f"{started}; {self.restore_note}" if self.restore_note else started
+
     def after_start(self) -> None:
-        """Serve again what was deployed before `down` (settings.torchserve_deployments_file,
-        written by `dualmedia deploy`): TorchServe itself restores nothing when started
-        with a config file."""
-        path = self.settings.torchserve_deployments_file
-        if not path.exists():
-            return
-        record = json.loads(path.read_text(encoding="utf-8"))
-        s = self.settings
-        headers = {"Authorization": f"Bearer {s.torchserve_key('management')}"}
-        base = s.torchserve_management
-        for name, entry in record.get("endpoints", {}).items():
-            order = [entry.get("previous"), entry["default"]]
-            for version in [v for v in order if v]:
-                archive = entry["archives"].get(version)
-                if archive is None or not (self.model_store / archive).exists():
-                    continue
-                # The previous version stays registered for rollback, without workers.
-                workers = s.serving_workers if version == entry["default"] else 0
-                params = {
-                    "url": archive,
-                    "model_name": name,
-                    "batch_size": s.serving_batch_size,
-                    "max_batch_delay": s.serving_max_batch_delay_ms,
-                    "initial_workers": workers,
-                    "synchronous": "true",
-                }
-                requests.post(f"{base}/models", params=params, headers=headers, timeout=300)
-            requests.put(
-                f"{base}/models/{name}/{entry['default']}/set-default", headers=headers, timeout=60
+        """Serve again what was deployed before `down`: TorchServe itself restores nothing
+        when started with a config file, and the deployment record lives in object
+        storage (settings.serving_record_uri).
+
+        The restore is serving's (serving.deploy.restore, behind the serving-backend
+        interface), reached through its command, `dualmedia deployments --restore`,
+        which serving plugs in by the `dualmedia.commands` entry point. Running the
+        command keeps the dependency one way (the core never imports a stage package),
+        keeps TorchServe's management API inside serving/, and gives the restore the
+        same settings as the service (child_env). What failed is never silent: it goes
+        to this service's log and into what `up` reports."""
+        storage = ObjectStorageService(self.settings)
+        if not storage.is_healthy():
+            # Checked first: S3 retries with backoff would hold `up` for a minute.
+            self.restore_note = (
+                f"deployments not restored: object storage ({storage.url}) does not answer; "
+                "start it, then run `dualmedia deployments --restore`"
             )
+            return
+        command = [sys.executable, "-m", "dualmedia.cli", "deployments", "--restore", "--json"]
+        env = self.env()
+        with open(self.log_path, "ab") as log:
+            log.write(b"==== restoring deployments ====\n")
+            log.flush()
+            try:
+                done = subprocess.run(
+                    command,
+                    cwd=self.state_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    # Each registration waits for its workers: minutes on a loaded machine.
+                    timeout=3 * self.settings.startup_timeout_s,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                self.restore_note = f"restoring deployments failed: {exc}; see {self.log_path}"
+                return
+            log.write(done.stdout + b"\n")
+        try:
+            summary = json.loads(done.stdout)
+        except ValueError:
+            self.restore_note = (
+                f"restoring deployments failed (exit code {done.returncode}); "
+                f"see {self.log_path}:\n{self.log_tail()}"
+            )
+            return
+        self.restore_note = describe_restore(summary, self.log_path)
 
     def is_healthy(self) -> bool:
         try:
@@ -133,3 +162,18 @@ class TorchServeService(Service):
         except (RuntimeError, requests.RequestException):
             return False
         return r.status_code == 200 and r.json().get("status") == "Healthy"
+
+
+def describe_restore(summary: dict[str, Any], log_path: Path) -> str:
+    """One line for `up` from the restore's summary: empty when there was nothing to do."""
+    restored, failed = summary.get("restored", []), summary.get("failed", [])
+    if not restored and not failed:
+        return ""
+    line = f"restored {len(restored)} deployment(s)"
+    if failed:
+        what = "; ".join(
+            f"{f.get('endpoint')} v{f.get('version')} ({f.get('archive')}): {f.get('error')}"
+            for f in failed
+        )
+        line += f", {len(failed)} FAILED: {what} (log {log_path})"
+    return line

@@ -1,5 +1,6 @@
 """Serving against a real TorchServe started by the test: endpoints, bad input,
-deploy, rollback, restart, and equality with the in-process model."""
+deploy, rollback, restart and restore (through the serving-backend interface, with the
+deployment record in object storage), and equality with the in-process model."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import requests
 
 from dualmedia.settings import Settings
 from dualmedia.stack import Stack
-from serving.client import TorchServeClient
-from serving.deploy import DeployError, deploy, load_record, rollback
+from dualmedia.storage import ObjectStore
+from serving.backend import get_backend
+from serving.client import TorchServeBackend
+from serving.deploy import DeployError, deploy, load_record, restore, rollback
 from serving.protocol import parse_request
 from serving.runtime import InferenceRuntime
 from tests.conftest import make_settings
@@ -27,7 +30,8 @@ pytestmark = pytest.mark.integration
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("serving")
     settings = make_settings(tmp / "home")
-    stack = Stack(settings, only=["torchserve"])
+    # Object storage too: it holds the deployment record.
+    stack = Stack(settings, only=["s3", "torchserve"])
     stack.up()
     store = settings.torchserve_model_store
     assert store is not None
@@ -37,7 +41,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         yield {
             "settings": settings,
             "stack": stack,
-            "client": TorchServeClient(settings),
+            "client": get_backend(settings),
             "archives": {"1": v1, "2": v2},
             "dirs": {"1": v1_dir, "2": v2_dir},
             "tmp": tmp,
@@ -50,7 +54,7 @@ def test_deploy_serves_every_endpoint_and_matches_in_process(served: dict) -> No
     settings: Settings = served["settings"]
     result = deploy(served["archives"]["1"], "1", settings)
     assert result["status"] == "deployed"
-    client: TorchServeClient = served["client"]
+    client: TorchServeBackend = served["client"]
     assert sorted(client.models()) == ["embed", "insights", "search"]
 
     runtime = InferenceRuntime.from_folder(_unpacked(served, "1"), "1")
@@ -116,7 +120,7 @@ def _assert_close(a: object, b: object) -> None:
 def test_bad_input_gets_4xx_json_and_the_worker_keeps_running(
     served: dict, task: str, body: dict, status: int, field: str
 ) -> None:
-    client: TorchServeClient = served["client"]
+    client: TorchServeBackend = served["client"]
     if client.default_version("embed") is None:
         deploy(served["archives"]["1"], "1", served["settings"])
     pids_before = _worker_pids(client, task)
@@ -128,7 +132,7 @@ def test_bad_input_gets_4xx_json_and_the_worker_keeps_running(
 
 
 def test_not_json_and_no_token(served: dict) -> None:
-    client: TorchServeClient = served["client"]
+    client: TorchServeBackend = served["client"]
     if client.default_version("embed") is None:
         deploy(served["archives"]["1"], "1", served["settings"])
     response = client.predict("embed", b"{not json", raw=True)
@@ -137,51 +141,92 @@ def test_not_json_and_no_token(served: dict) -> None:
     assert 400 <= requests.post(url, json={"text": "hi"}, timeout=30).status_code < 500
 
 
-def _worker_pids(client: TorchServeClient, task: str, version: str | None = None) -> list[int]:
-    """The worker processes of an endpoint's default version, or of `version`."""
-    path = f"models/{task}" + (f"/{version}" if version else "")
-    return sorted(w["pid"] for w in client._management("GET", path)[0]["workers"])
-
-
-def _workers(client: TorchServeClient, task: str, version: str) -> int:
-    return len(_worker_pids(client, task, version))
+def _worker_pids(client: TorchServeBackend, task: str, version: str | None = None) -> list[int]:
+    return client.worker_pids(task, version)
 
 
 def test_deploy_rollback_and_restart(served: dict) -> None:
     settings: Settings = served["settings"]
-    client: TorchServeClient = served["client"]
+    client: TorchServeBackend = served["client"]
     deploy(served["archives"]["1"], "1", settings)
     assert deploy(served["archives"]["1"], "1", settings)["status"] == "already serving"
     result = deploy(served["archives"]["2"], "2", settings)
     assert result["previous"]["embed"] == "1"
     assert all(client.default_version(t) == "2" for t in ("embed", "search", "insights"))
-    assert {v["modelVersion"] for v in client.versions("embed")} == {"1", "2"}
+    assert set(client.versions("embed")) == {"1", "2"}
     v2_answer = client.predict("embed", {"text": "which model?"}).json()
     assert v2_answer["model_version"] == "2"
     # The previous version stays registered for rollback, without workers (memory).
     workers = settings.serving_workers
-    assert [_workers(client, "insights", v) for v in ("1", "2")] == [0, workers]
+    assert [client.workers("insights", v) for v in ("1", "2")] == [0, workers]
 
     assert rollback(settings)["version"] == "1"
     assert client.predict("embed", {"text": "which model?"}).json()["model_version"] == "1"
-    assert [_workers(client, "insights", v) for v in ("1", "2")] == [workers, 0]
-    assert load_record(settings)["endpoints"]["embed"] == {
+    assert [client.workers("insights", v) for v in ("1", "2")] == [workers, 0]
+    recorded = {
         "default": "1",
         "previous": "2",
         "archives": {"1": "customer-feedback-v1.mar", "2": "customer-feedback-v2.mar"},
     }
-    # What was deployed comes back after the stack restarts.
+    assert load_record(settings)["endpoints"]["embed"] == recorded
+    # The record is an object in the lake bucket, not a file beside TorchServe.
+    uri = settings.serving_record_uri
+    assert uri == f"s3://{settings.lake_bucket}/serving/deployments.json"
+    assert ObjectStore(settings).exists(uri)
+    assert not list(settings.home_dir.glob("torchserve/deployments*"))
+
+    # What was deployed comes back after the stack restarts (`up` runs the restore).
     stack: Stack = served["stack"]
     stack.down()
-    stack.up()
+    said: dict[str, str] = {}
+    stack.up(lambda service, message: said.update({service.name: message}))
+    assert said["torchserve"] == "started; restored 6 deployment(s)"
     assert client.default_version("embed") == "1"
     assert client.predict("insights", {"text": "back again"}).status_code == 200
-    assert [_workers(client, "insights", v) for v in ("1", "2")] == [workers, 0]
+    assert [client.workers("insights", v) for v in ("1", "2")] == [workers, 0]
+
+
+def test_restore_says_what_failed(served: dict) -> None:
+    """A registration that fails on restore (its archive is gone from the model store)
+    is named in `up`'s report and in restore's summary; the rest is restored."""
+    settings: Settings = served["settings"]
+    client: TorchServeBackend = served["client"]
+    deploy(served["archives"]["1"], "1", settings)
+    deploy(served["archives"]["2"], "2", settings)  # 2 default, 1 previous
+    store = settings.torchserve_model_store
+    assert store is not None
+    gone = store / "customer-feedback-v1.mar"
+    aside = served["tmp"] / "aside-v1.mar"
+    torchserve = served["stack"].service("torchserve")
+    torchserve.stop()
+    gone.rename(aside)
+    try:
+        said = torchserve.start()
+        assert "restored 3 deployment(s), 3 FAILED" in said
+        assert "insights v1 (customer-feedback-v1.mar)" in said
+        assert client.default_version("insights") == "2"
+        assert client.predict("insights", {"text": "v2 still serves"}).status_code == 200
+        summary = restore(settings)  # idempotent: what is there stays, what failed fails
+        assert summary["status"] == "partial"
+        assert sorted(summary["present"]) == ["embed/2", "insights/2", "search/2"]
+        failed = {(f["endpoint"], f["version"], f["archive"]) for f in summary["failed"]}
+        assert failed == {
+            (t, "1", "customer-feedback-v1.mar") for t in ("embed", "search", "insights")
+        }
+        assert all("HTTP 404" in f["error"] for f in summary["failed"])
+        log = torchserve.log_path.read_text(errors="replace")
+        assert "restore: embed version 1 from customer-feedback-v1.mar failed" in log
+    finally:
+        aside.rename(gone)
+    summary = restore(settings)
+    assert summary["status"] == "restored" and summary["failed"] == []
+    assert sorted(summary["restored"]) == ["embed/1", "insights/1", "search/1"]
+    assert rollback(settings)["version"] == "1"  # the restored previous version serves
 
 
 def test_a_failing_version_is_not_made_default(served: dict, tmp_path: Path) -> None:
     settings: Settings = served["settings"]
-    client: TorchServeClient = served["client"]
+    client: TorchServeBackend = served["client"]
     deploy(served["archives"]["1"], "1", settings)
     before = client.default_version("embed")
     store = settings.torchserve_model_store
@@ -191,11 +236,11 @@ def test_a_failing_version_is_not_made_default(served: dict, tmp_path: Path) -> 
         deploy(broken, "9", settings)
     assert client.default_version("embed") == before
     assert client.predict("embed", {"text": "unaffected"}).status_code == 200
-    assert "9" not in {v["modelVersion"] for v in client.versions("embed")}
+    assert "9" not in client.versions("embed")
 
 
 def test_search_returns_catalogue_items(served: dict) -> None:
-    client: TorchServeClient = served["client"]
+    client: TorchServeBackend = served["client"]
     if client.default_version("search") is None:
         deploy(served["archives"]["1"], "1", served["settings"])
     answer = client.predict(
