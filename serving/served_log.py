@@ -202,7 +202,10 @@ class ServedLog:
         Rows of a failed write go back to the front of the buffer (kept for the next
         flush, after a backoff). With `final` (the worker is stopping) rows that cannot
         be written are counted as dropped instead."""
-        with self.write_lock:
+        # One write at a time, in order; a stopping worker waits for a write under way
+        # only so long (then writes the rest beside it).
+        locked = self.write_lock.acquire(timeout=STOP_WAIT_S if final else -1)
+        try:
             while True:
                 with self.lock:
                     rows = self.rows[:ROWS_PER_FILE]
@@ -213,9 +216,11 @@ class ServedLog:
                 if self.store is None or self.prefix is None:
                     continue  # no storage configured: nothing to keep them for
                 if not self._write(rows):
-                    if final:
-                        self._count_dropped(len(rows))
-                        continue
+                    if final:  # stopping: no second wait on a storage that is down
+                        with self.lock:
+                            rest, self.rows = self.rows, []
+                        self._count_dropped(len(rows) + len(rest))
+                        return False
                     with self.lock:
                         self.rows[:0] = rows
                         over = self._trim()
@@ -226,6 +231,9 @@ class ServedLog:
                 with self.lock:
                     self.retry_at = 0.0
                     self.backoff = FIRST_BACKOFF_S
+        finally:
+            if locked:
+                self.write_lock.release()
 
     def _write(self, rows: list[dict[str, Any]]) -> bool:
         assert self.store is not None and self.prefix is not None
