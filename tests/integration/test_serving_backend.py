@@ -23,6 +23,7 @@ from serving.backend import (
     register_backend,
 )
 from serving.client import TorchServeBackend
+from serving.commands import _print_restore, _print_state
 from serving.deploy import DeployError, deploy, load_record, restore, rollback, state, verify
 from serving.protocol import TASKS
 from tests.conftest import make_settings
@@ -160,7 +161,9 @@ def test_the_factory_picks_the_backend_the_settings_name(tmp_path: Path) -> None
         get_backend(settings.model_copy(update={"serving_backend": "fake"}))
 
 
-def test_deploy_rollback_restore_through_a_plugged_backend(fake: Settings, tmp_path: Path) -> None:
+def test_deploy_rollback_restore_through_a_plugged_backend(
+    fake: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     server = FakeBackend.server
     first = deploy(_archive(tmp_path, "1"), "1", fake)
     assert first["status"] == "deployed" and first["endpoints"]["embed"] == "fake://serve/embed"
@@ -206,6 +209,13 @@ def test_deploy_rollback_restore_through_a_plugged_backend(fake: Settings, tmp_p
     # Idempotent: a second restore registers nothing.
     again = restore(fake)
     assert again["restored"] == [] and len(again["present"]) == 2 * len(TASKS)
+
+    # What `dualmedia deployments [--restore]` prints from these summaries.
+    _print_state(state(fake))
+    _print_restore(again)
+    printed = capsys.readouterr().out
+    assert "embed     default v1 (recorded v1, previous v2); v2: 0 workers" in printed
+    assert "restored: 0 registered, 6 already there" in printed
 
 
 def test_restore_says_which_registration_failed(
