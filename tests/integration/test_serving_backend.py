@@ -6,6 +6,7 @@ same steps against a real TorchServe are in test_serving.py."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,3 +249,19 @@ def test_nothing_recorded_restores_nothing(fake: Settings) -> None:
     }
     with pytest.raises(DeployError, match="no previous version is recorded"):
         rollback(fake)
+
+
+def test_only_serving_calls_the_management_api() -> None:
+    """The seam holds: outside serving/, no module builds a management URL or reads the
+    management token (the stack only configures TorchServe's ports and restores through
+    serving's command)."""
+    root = Path(__file__).resolve().parents[2]
+    calls = re.compile(r"torchserve_management\b|torchserve_key\(\s*[\"']management")
+    offenders = [
+        f"{path.relative_to(root)}: {found.group(0)}"
+        for folder in ("dualmedia", "dags", "training", "ingestion", "monitoring", "feature_repo")
+        for path in (root / folder).rglob("*.py")
+        if path.name != "settings.py"
+        for found in calls.finditer(path.read_text(encoding="utf-8", errors="replace"))
+    ]
+    assert offenders == []
