@@ -61,7 +61,20 @@ class Stack:
             # The databases on the (external) PostgreSQL server, created when missing.
             for name in postgres.ensure_databases(self.settings):
                 report(users[0], f"created PostgreSQL database {name}")
-        for service in self.services:
+        batch: list[Service] = []  # consecutive services that start concurrently
+        for service in [*self.services, None]:
+            if service is not None and service.concurrent_start and not service.is_external():
+                batch.append(service)
+                continue
+            launched = []
+            for member in batch:
+                report(member, "starting")
+                launched.append((member, member.launch()))
+            for member, proc in launched:
+                report(member, "already running" if proc is None else member.wait_started(proc))
+            batch = []
+            if service is None:
+                break
             if service.is_external():
                 report(service, "external: not started here")
                 continue

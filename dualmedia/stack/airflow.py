@@ -242,6 +242,8 @@ class AirflowService(_AirflowBase):
 class AirflowComponentService(_AirflowBase):
     """scheduler, dag-processor or triggerer of the production profile."""
 
+    concurrent_start = True
+
     component: str  # the `airflow` sub-command
     health_key: str  # its entry in /api/v2/monitor/health
 
@@ -285,6 +287,7 @@ class CeleryWorkerService(_AirflowBase):
     """One `airflow celery worker` (number `index`, from 1) on the configured queues."""
 
     title = "airflow celery worker"
+    concurrent_start = True
 
     def __init__(self, settings: Settings, index: int = 1) -> None:
         super().__init__(settings)

@@ -78,6 +78,9 @@ class Service(ABC):
     name: str  # short id, used for file names: "s3"
     title: str  # what it is, for people: "object storage"
     group: str = ""  # what `--service` selects; "" = the name (Airflow's processes share one)
+    # Started together with the services before it that say so too, then waited for
+    # (Airflow's components need only the api-server, not each other).
+    concurrent_start: bool = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -163,9 +166,15 @@ class Service(ABC):
 
     def start(self) -> str:
         """Start the service and wait until healthy. Returns what happened."""
+        proc = self.launch()
+        return "already running" if proc is None else self.wait_started(proc)
+
+    def launch(self) -> subprocess.Popen | None:
+        """Start the process without waiting for its health check; None when it was
+        running (and healthy) already."""
         if self.process() is not None:
             if self.wait_healthy(timeout=self.settings.startup_timeout_s):
-                return "already running"
+                return None
             raise StackError(
                 f"{self.title} ({self.name}) is running but not healthy; see {self.log_path}"
             )
@@ -201,6 +210,10 @@ class Service(ABC):
             "command": self.command()[0],
         }
         self.pid_path.write_text(json.dumps(record))
+        return proc
+
+    def wait_started(self, proc: subprocess.Popen) -> str:
+        """Wait for a launched process's health check, then run after_start."""
         deadline = time.monotonic() + self.settings.startup_timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:

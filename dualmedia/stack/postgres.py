@@ -17,7 +17,7 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 def masked(url: str) -> str:
     """A database URL fit for status output and errors: any password replaced."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def platform_databases(settings: Settings) -> list[str]:
