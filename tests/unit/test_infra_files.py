@@ -208,9 +208,15 @@ def test_images_entry_point_is_the_service_runner() -> None:
     )
     assert torch in dockerfile
     assert "pip install -c constraints.txt ." in dockerfile
-    for source in re.findall(r"^COPY (\S+) ", dockerfile, flags=re.M):
-        for part in source.split():
-            assert (REPO_ROOT / part).exists(), f"Dockerfile copies missing {part}"
+    copied = set(re.findall(r"^COPY (\S+) ", dockerfile, flags=re.M)) - {"pyproject.toml"}
+    for source in copied:
+        assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    # Every package the CLI loads commands from is in the image (else `dualmedia` fails).
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for target in project["entry-points"]["dualmedia.commands"].values():
+        assert target.split(".")[0] in copied, f"Dockerfile lacks {target.split('.')[0]}/"
 
 
 def test_ports_match_the_settings() -> None:

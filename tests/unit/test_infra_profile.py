@@ -105,3 +105,20 @@ def test_no_password_in_status_or_command_lines(tmp_path: Path) -> None:
     assert "app:***@" in shown
     # The password reaches the processes through their environment only.
     assert SECRET in stack.service("mlflow").extra_env()["MLFLOW_BACKEND_STORE_URI"]
+
+
+def test_container_entry_point_shows_the_same_command(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALMEDIA_")}
+    env.update(DUALMEDIA_PROFILE="production", DUALMEDIA_HOME=str(tmp_path / "home"))
+    run = [sys.executable, "-m", "dualmedia.stack.run", "--show"]
+    shown = subprocess.run([*run, "airflow-worker-1"], env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    expected = Stack(make(tmp_path, profile="production")).service("airflow-worker-1").command()
+    assert shown.stdout.split() == expected
+    wrong = subprocess.run([*run, "airflow-wrker"], env=env, capture_output=True, text=True)
+    assert wrong.returncode == 1
+    assert "no service 'airflow-wrker' in the production profile" in wrong.stderr
