@@ -116,6 +116,11 @@ def test_mlflow_runs_and_versions_live_in_postgresql(tmp_path: Path, names: dict
         assert versions == [(1, run.info.run_id)]
     finally:
         stack.down()
+    # `down` stops the server and leaves PostgreSQL and its data alone.
+    assert pg.is_reachable(s)
+    assert pg.query(s, db, "SELECT count(*) FROM model_versions WHERE name = %s", (model,)) == [
+        (1,)
+    ]
 
 
 def _frames(views: list, ids: list[str], at: datetime) -> dict[str, pd.DataFrame]:
