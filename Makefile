@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)  ## create .venv and install the pinned dependencies
 
 demo: $(STAMP)  ## start the local stack and run the demo
-	$(BIN)/python -m dualmedia.demo
+	$(BIN)/python -m synthetic.demo
 
 test: $(STAMP) browser-setup  ## lint, then run every test (starts real services on free ports)
 	$(BIN)/ruff check .

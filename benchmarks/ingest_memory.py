@@ -44,7 +44,7 @@ def main() -> None:
     from dualmedia.datasets import upload_dataset
     from dualmedia.stack import Stack
     from dualmedia.storage import ObjectStore
-    from dualmedia.synthetic import generate_dataset
+    from synthetic import generate_dataset
     from tests.conftest import make_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

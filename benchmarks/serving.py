@@ -463,12 +463,12 @@ def build_model(tmp: Path) -> tuple[Path, Path, int]:
     """The default architecture, random weights: saved model dir, .mar archive, size."""
     import torch
 
-    from dualmedia.media import MediaConfig
-    from dualmedia.synthetic import dataset_spec
+    from dualmedia.modalities import MediaConfig
     from serving.archive import build_archive
     from serving.catalogue import Catalogue
+    from synthetic import dataset_spec
     from training.config import load_train_config
-    from training.factory import build_fused_model, save_fused_model
+    from training.models.factory import build_fused_model, save_fused_model
 
     torch.manual_seed(0)
     config = load_train_config(DEFAULT_CONFIG).model
@@ -648,8 +648,13 @@ class MlflowServe:
     def start(self) -> None:
         import mlflow
 
-        from training.factory import load_fused_model_dir
-        from training.pyfunc import PYFUNC_ENTRY, code_paths, model_signature, pip_requirements
+        from training.models.factory import load_fused_model_dir
+        from training.models.pyfunc import (
+            PYFUNC_ENTRY,
+            code_paths,
+            model_signature,
+            pip_requirements,
+        )
 
         path = self.tmp / "pyfunc"
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):

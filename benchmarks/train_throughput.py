@@ -125,13 +125,13 @@ def measure(folder: str, stage: str, cache: bool, loop: str, epochs: int) -> dic
     import torch
     from torch.utils.data import DataLoader
 
-    from dualmedia.media import MediaConfig
-    from dualmedia.synthetic import dataset_spec
+    from dualmedia.modalities import MediaConfig
+    from synthetic import dataset_spec
+    from synthetic.fixtures import arrays_from_folder
     from training.config import load_train_config
     from training.data import MultimodalDataset, collate
-    from training.factory import build_fused_model
     from training.lit import AlignmentModule, FusionModule
-    from training.testing import arrays_from_folder
+    from training.models.factory import build_fused_model
 
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -153,7 +153,7 @@ def measure(folder: str, stage: str, cache: bool, loop: str, epochs: int) -> dic
     if cache:  # what a second epoch sees: every text already encoded once
         model.to(device)
         with torch.no_grad():
-            model.encoder.trunk("text")([t for t in arrays.text if t is not None])
+            model.encoder.trunk("text")([t for t in arrays.inputs["text"] if t is not None])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     clock = StepClock()
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    from dualmedia.synthetic import generate_dataset
+    from synthetic import generate_dataset
 
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="dualmedia-bench-") as tmp:

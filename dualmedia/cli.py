@@ -8,7 +8,6 @@ errors into a one-line message and exit code 1, never a traceback.
 from __future__ import annotations
 
 import sys
-import tempfile
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
@@ -139,76 +138,6 @@ def _print_upload(r: dict[str, Any]) -> None:
     out.print(
         f"uploaded dataset [bold]{r['dataset']}[/] to {r['uri']}: batches {', '.join(r['batches'])}"
         f" ({r['files_uploaded']} files uploaded, {r['files_unchanged']} unchanged)"
-    )
-
-
-@app.command()
-def generate(
-    dest: Annotated[str, typer.Argument(help="A local folder or an s3://bucket/dataset URI.")],
-    n: Annotated[int, typer.Option("--n", min=1, help="Number of records.")] = 600,
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 0,
-    batch: Annotated[str, typer.Option(help="Batch folder name.")] = "batch-0001",
-    start_index: Annotated[int, typer.Option(help="Index of the first record (its id).")] = 0,
-    missing_modality_rate: Annotated[float, typer.Option(min=0, max=1)] = 0.1,
-    label_noise: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
-    corrupt_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of bad records.")] = 0.0,
-    image_shift: Annotated[
-        float, typer.Option(min=0, max=1, help="Drift: photo colour/light.")
-    ] = 0.0,
-    text_shift: Annotated[float, typer.Option(min=0, max=1, help="Drift: new vocabulary.")] = 0.0,
-    audio_noise: Annotated[float, typer.Option(min=0, max=1, help="Drift: noisier audio.")] = 0.0,
-    class_shift: Annotated[float, typer.Option(min=0, max=1, help="Drift: label priors.")] = 0.0,
-    as_json: JsonOpt = False,
-) -> None:
-    """Write a labelled synthetic customer-feedback dataset (text, photo, voice note).
-
-    Labels: sentiment, product category, damaged, and mismatch (words and voice tone
-    disagree). See docs/generator.md for how each label shows in each modality.
-    """
-    from dualmedia.synthetic import GeneratorKnobs, generate_dataset
-
-    knobs = GeneratorKnobs(
-        missing_modality_rate=missing_modality_rate,
-        label_noise=label_noise,
-        corrupt_rate=corrupt_rate,
-        image_shift=image_shift,
-        text_shift=text_shift,
-        audio_noise=audio_noise,
-        class_shift=class_shift,
-    )
-
-    def run(folder: Path) -> dict[str, Any]:
-        with progress_bar("generating", n) as advance:
-            summary = generate_dataset(
-                folder,
-                n,
-                seed=seed,
-                batch=batch,
-                knobs=knobs,
-                start_index=start_index,
-                progress=advance,
-            )
-        return summary.to_dict()
-
-    if dest.startswith("s3://"):
-        from dualmedia.datasets import folder_size, upload_dataset
-        from dualmedia.storage import ObjectStore
-
-        store = ObjectStore(get_settings())
-        with tempfile.TemporaryDirectory(prefix="dualmedia-gen-") as tmp:
-            result = run(Path(tmp))
-            with progress_bar("uploading", folder_size(Path(tmp)), unit_bytes=True) as advance:
-                result["upload"] = upload_dataset(Path(tmp), dest, store, progress=advance)
-        result["out_dir"] = dest
-    else:
-        result = run(Path(dest))
-    emit(result, as_json, _print_generate)
-
-
-def _print_generate(r: dict[str, Any]) -> None:
-    out.print(
-        f"wrote {r['n_records']} records ({r['n_corrupt']} deliberately bad) as batch "
-        f"[bold]{r['batch']}[/] to {r['out_dir']}"
     )
 
 

@@ -15,20 +15,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dualmedia import modalities
+from dualmedia.modalities import MediaBounds, MediaConfig
+
 DATASET_FILE = "dataset.yaml"
 MANIFEST_FILE = "manifest.jsonl"
 
 
-class Modality(StrEnum):
-    """The modalities the platform knows; the order is the canonical order everywhere."""
-
-    TEXT = "text"
-    IMAGE = "image"
-    AUDIO = "audio"
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# The modalities the platform knows (one module each in dualmedia/modalities); the order
+# is the canonical order everywhere.
+Modality = StrEnum("Modality", {name.upper(): name for name in modalities.names()})
 
 
 class ContractError(ValueError):
@@ -122,6 +118,10 @@ class DatasetSpec(BaseModel):
     modalities: list[Modality] = Field(min_length=1)
     labels: dict[str, LabelSpec] = Field(default_factory=dict, max_length=MAX_LABELS)
     description: str = ""
+    # Per-modality bounds and preprocessing that differ from the defaults, e.g.
+    # `bounds: {audio: {min_duration_s: 0.05}}` (every field: README, "The dataset contract").
+    bounds: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    media: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -130,6 +130,27 @@ class DatasetSpec(BaseModel):
             for name in labels:
                 check_label_name(name)
         return labels
+
+    @field_validator("bounds", "media")
+    @classmethod
+    def _known_sections(cls, value: dict[str, dict[str, Any]], info: Any) -> dict:
+        model = MediaBounds if info.field_name == "bounds" else MediaConfig
+        try:
+            model.from_dict(value)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ValueError(problems) from None
+        return value
+
+    def media_bounds(self, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
+        """The bounds records of this dataset are checked against (defaults < dataset.yaml
+        < `overrides`, e.g. an ingestion config)."""
+        return MediaBounds.from_dict(_merge(self.bounds, overrides or {}))
+
+    def media_config(self, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
+        return MediaConfig.from_dict(_merge(self.media, overrides or {}))
 
     @model_validator(mode="after")
     def _unique_modalities(self) -> DatasetSpec:
@@ -152,6 +173,10 @@ class DatasetSpec(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> dict:
+    return {m: {**base.get(m, {}), **top.get(m, {})} for m in {*base, *top}}
 
 
 def parse_dataset_spec(text: str, where: str = DATASET_FILE) -> DatasetSpec:
@@ -180,30 +205,23 @@ def load_dataset_spec(folder: Path) -> DatasetSpec:
     return parse_dataset_spec(path.read_text(encoding="utf-8"), where=str(path))
 
 
-class RejectReason(StrEnum):
-    """Why a record was quarantined. Shared by ingestion and the data generator."""
-
-    MANIFEST_NOT_JSON = "manifest_not_json"
-    MISSING_ID = "missing_id"
-    DUPLICATE_ID = "duplicate_id"
-    NO_MODALITY = "no_modality"
-    TEXT_EMPTY = "text_empty"
-    TEXT_NOT_UTF8 = "text_not_utf8"
-    TEXT_TOO_LONG = "text_too_long"
-    IMAGE_MISSING = "image_missing"
-    IMAGE_UNDECODABLE = "image_undecodable"
-    IMAGE_TRUNCATED = "image_truncated"
-    IMAGE_EMPTY = "image_empty"
-    IMAGE_SIZE_OUT_OF_BOUNDS = "image_size_out_of_bounds"
-    AUDIO_MISSING = "audio_missing"
-    AUDIO_UNDECODABLE = "audio_undecodable"
-    AUDIO_TRUNCATED = "audio_truncated"
-    AUDIO_SILENT = "audio_silent"
-    AUDIO_CLIPPED = "audio_clipped"
-    AUDIO_TOO_SHORT = "audio_too_short"
-    AUDIO_TOO_LONG = "audio_too_long"
-    LABEL_MISSING = "label_missing"
-    LABEL_UNKNOWN_CLASS = "label_unknown_class"
-    LABEL_WRONG_TYPE = "label_wrong_type"
-    MANIFEST_LINE_TOO_LONG = "manifest_line_too_long"
-    MEDIA_BUCKET_NOT_ALLOWED = "media_bucket_not_allowed"
+_GENERIC_REASONS = {
+    "MANIFEST_NOT_JSON": "manifest_not_json",
+    "MISSING_ID": "missing_id",
+    "DUPLICATE_ID": "duplicate_id",
+    "NO_MODALITY": "no_modality",
+    "LABEL_MISSING": "label_missing",
+    "LABEL_UNKNOWN_CLASS": "label_unknown_class",
+    "LABEL_WRONG_TYPE": "label_wrong_type",
+    "MANIFEST_LINE_TOO_LONG": "manifest_line_too_long",
+    "MEDIA_BUCKET_NOT_ALLOWED": "media_bucket_not_allowed",
+}
+# Why a record was quarantined: the generic reasons above and every modality's own
+# (registry modules' `reasons`). Shared by ingestion and the data generator.
+RejectReason = StrEnum(
+    "RejectReason",
+    {
+        **_GENERIC_REASONS,
+        **{r.upper(): r for spec in modalities.specs() for r in spec.reasons},
+    },
+)

@@ -11,9 +11,9 @@ A snapshot is a published (committed) prefix in the lake bucket:
         data_docs/index.html       Great Expectations Data Docs of this run
         summary.json               the ingestion summary
 
-Images are stored at model resolution (uint8 HxWx3 bytes), audio as log-mel
-spectrograms (float16 n_mels x frames bytes), text as is, labels as class indices
-(null when absent), plus raw statistics used by data-quality monitoring.
+Each modality stores its model input in the columns its registry module names
+(`record_fields`), labels are class indices (null when absent), plus each modality's
+raw statistics used by data-quality monitoring.
 """
 
 from __future__ import annotations
@@ -28,41 +28,36 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dualmedia.contract import DatasetSpec, Modality, parse_dataset_spec
-from dualmedia.media import MediaConfig
+from dualmedia import modalities
+from dualmedia.contract import DatasetSpec, parse_dataset_spec
+from dualmedia.modalities import MediaBounds, MediaConfig
 from dualmedia.storage import ObjectStore, S3Uri
 
 SPLITS = ("train", "val", "test")
-STAT_COLUMNS = (
-    "text_length",
-    "image_width",
-    "image_height",
-    "image_brightness",
-    "image_saturation",
-    "audio_duration_s",
-    "audio_sample_rate",
-    "audio_rms_db",
-)
+_ARROW_TYPES = {"string": pa.string(), "binary": pa.binary(), "int32": pa.int32()}
 
 
 def label_column(name: str) -> str:
     return f"label__{name}"
 
 
+def stat_columns(spec: DatasetSpec) -> list[str]:
+    """Raw-field statistics the records of this dataset carry (the registry's, per modality)."""
+    return [c for m in modalities.specs(spec.modalities) for c in m.stat_columns]
+
+
 def record_schema(spec: DatasetSpec) -> pa.Schema:
-    """Arrow schema of the records table for a dataset's label schema."""
+    """Arrow schema of the records table for a dataset's modalities and label schema."""
     fields = [
         pa.field("id", pa.string(), nullable=False),
         pa.field("batch", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
         pa.field("created_at", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("image", pa.binary()),  # uint8 [size, size, 3]
-        pa.field("audio", pa.binary()),  # float16 [n_mels, frames]
-        pa.field("audio_valid_frames", pa.int32()),
     ]
+    for m in modalities.specs(spec.modalities):
+        fields += [pa.field(name, _ARROW_TYPES[kind]) for name, kind in m.record_fields()]
     fields += [pa.field(label_column(name), pa.int32()) for name in spec.labels]
-    fields += [pa.field(col, pa.float32()) for col in STAT_COLUMNS]
+    fields += [pa.field(col, pa.float32()) for col in stat_columns(spec)]
     return pa.schema(fields)
 
 
@@ -80,13 +75,28 @@ class SnapshotInfo:
     # Hash of everything but the batches that shapes the content (spec, bounds,
     # preprocessing): snapshots with the same recipe can share rows.
     recipe: str = ""
+    bounds: dict[str, Any] = field(default_factory=dict)  # MediaBounds the records passed
 
     @property
     def media_config(self) -> MediaConfig:
         return MediaConfig.from_dict(self.media)
 
+    @property
+    def media_bounds(self) -> MediaBounds:
+        return MediaBounds.from_dict(self.bounds)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> SnapshotInfo:
+        """Parse snapshot.json as data (never code): a wrong shape is a clear error."""
+        try:
+            raw = json.loads(text)
+            known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+            return cls(**known)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where}: not a valid snapshot.json ({exc})") from None
 
 
 def snapshot_prefix(lake_bucket: str, dataset: str, snapshot_id: str) -> S3Uri:
@@ -95,18 +105,40 @@ def snapshot_prefix(lake_bucket: str, dataset: str, snapshot_id: str) -> S3Uri:
 
 @dataclass
 class SnapshotArrays:
-    """One split of a snapshot as numpy arrays (what training and evaluation consume)."""
+    """Items as model inputs (what training, evaluation, publishing and monitoring consume).
+
+    `inputs[m][i]` is item i's model input for modality m (the registry's form), None where
+    the item lacks it; labels are class indices, -1 where missing."""
 
     ids: list[str]
-    text: list[str | None]
-    image: np.ndarray  # N x S x S x 3 uint8 (zeros where missing)
-    audio: np.ndarray  # N x n_mels x frames float32 (silence where missing)
-    audio_valid_frames: np.ndarray  # N int
-    present: dict[Modality, np.ndarray]  # modality -> N bool
-    labels: dict[str, np.ndarray]  # label -> N int (-1 where missing)
+    inputs: dict[str, list[Any]]
+    labels: dict[str, np.ndarray]
+    present: dict[str, np.ndarray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.present = {
+            m: np.array([x is not None for x in values], dtype=bool)
+            for m, values in self.inputs.items()
+        }
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.inputs)
+
+    def item(self, i: int) -> dict[str, Any]:
+        """Item i's model inputs, modality -> input or None."""
+        return {m: values[i] for m, values in self.inputs.items()}
+
+    def subset(self, rows: Any) -> SnapshotArrays:
+        rows = [int(r) for r in rows]
+        return SnapshotArrays(
+            ids=[self.ids[r] for r in rows],
+            inputs={m: [v[r] for r in rows] for m, v in self.inputs.items()},
+            labels={name: v[rows] for name, v in self.labels.items()},
+        )
 
 
 class Snapshot:
@@ -116,7 +148,8 @@ class Snapshot:
         self.store = store
         self.uri = uri if isinstance(uri, S3Uri) else S3Uri.parse(str(uri).rstrip("/"))
         self.marker = store.committed_manifest(self.uri)  # refuses uncommitted prefixes
-        self.info = SnapshotInfo(**json.loads(store.read_text(self.uri.join("snapshot.json"))))
+        info_uri = self.uri.join("snapshot.json")
+        self.info = SnapshotInfo.from_json(store.read_text(info_uri), str(info_uri))
         self.spec = parse_dataset_spec(
             store.read_text(self.uri.join("dataset.yaml")), where=str(self.uri.join("dataset.yaml"))
         )
@@ -128,6 +161,10 @@ class Snapshot:
     @property
     def media(self) -> MediaConfig:
         return self.info.media_config
+
+    @property
+    def bounds(self) -> MediaBounds:
+        return self.info.media_bounds
 
     def shard_keys(self) -> list[str]:
         return sorted(k for k in self.marker["files"] if k.startswith("records/"))
@@ -154,24 +191,11 @@ class Snapshot:
 
 
 def table_to_arrays(table: pa.Table, spec: DatasetSpec, media: MediaConfig) -> SnapshotArrays:
-    n = table.num_rows
-    size = media.image_size
-    image = np.zeros((n, size, size, 3), dtype=np.uint8)
-    audio = np.full((n, media.n_mels, media.audio_frames), np.log(1e-6), dtype=np.float32)
-    images = table.column("image").to_pylist()
-    audios = table.column("audio").to_pylist()
-    for i, blob in enumerate(images):
-        if blob is not None:
-            image[i] = np.frombuffer(blob, dtype=np.uint8).reshape(size, size, 3)
-    for i, blob in enumerate(audios):
-        if blob is not None:
-            spec_ = np.frombuffer(blob, dtype=np.float16).reshape(media.n_mels, media.audio_frames)
-            audio[i] = spec_.astype(np.float32)
-    text = table.column("text").to_pylist()
-    present = {
-        Modality.TEXT: np.array([t is not None for t in text], dtype=bool),
-        Modality.IMAGE: np.array([b is not None for b in images], dtype=bool),
-        Modality.AUDIO: np.array([b is not None for b in audios], dtype=bool),
+    """Records (RECORD_SCHEMA rows) -> model inputs, through each modality's `from_record`."""
+    rows = table.to_pylist()
+    inputs = {
+        m.name: [m.from_record(row, media) for row in rows]
+        for m in modalities.specs(spec.modalities)
     }
     labels = {
         name: np.array(
@@ -180,16 +204,7 @@ def table_to_arrays(table: pa.Table, spec: DatasetSpec, media: MediaConfig) -> S
         )
         for name in spec.labels
     }
-    valid = table.column("audio_valid_frames").to_pylist()
-    return SnapshotArrays(
-        ids=table.column("id").to_pylist(),
-        text=text,
-        image=image,
-        audio=audio,
-        audio_valid_frames=np.array([0 if v is None else v for v in valid], dtype=np.int64),
-        present=present,
-        labels=labels,
-    )
+    return SnapshotArrays(ids=table.column("id").to_pylist(), inputs=inputs, labels=labels)
 
 
 def latest_snapshot(

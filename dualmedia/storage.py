@@ -78,8 +78,9 @@ class ObjectStore:
         self.client = boto3.client(
             "s3",
             endpoint_url=s.s3_endpoint,
-            aws_access_key_id=s.s3_access_key.get_secret_value(),
-            aws_secret_access_key=s.s3_secret_key.get_secret_value(),
+            # Unset keys (external S3): boto3's own credential chain.
+            aws_access_key_id=s.s3_access_key.get_secret_value() if s.s3_access_key else None,
+            aws_secret_access_key=s.s3_secret_key.get_secret_value() if s.s3_secret_key else None,
             region_name=s.s3_region,
             config=Config(
                 retries={"max_attempts": s.s3_max_attempts, "mode": "standard"},

@@ -12,6 +12,8 @@ from datetime import timedelta
 from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Float32, String
 
+from dualmedia import modalities
+
 TTL = timedelta(days=3650)
 
 item = Entity(
@@ -42,9 +44,12 @@ def _embedding_view(name: str, description: str) -> FeatureView:
     )
 
 
-text_embedding = _embedding_view("text", "review text in the shared embedding space")
-image_embedding = _embedding_view("image", "product photo in the shared embedding space")
-audio_embedding = _embedding_view("audio", "voice note in the shared embedding space")
+# One view per modality of the registry (`feast apply` registers module-level names only,
+# hence globals()), and the fused one.
+for _spec in modalities.specs():
+    globals()[_spec.feast_view] = _embedding_view(
+        _spec.name, f"{_spec.name} in the shared embedding space"
+    )
 fused_embedding = _embedding_view(
     "fused", "gate-weighted mean of the item's modality embeddings, L2-normalised"
 )

@@ -28,11 +28,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from dualmedia import modalities
 from dualmedia.settings import Settings
 from dualmedia.storage import ObjectStore, S3Uri
 
 REPO_SOURCE = Path(__file__).resolve().parent
-VIEWS = ("text_embedding", "image_embedding", "audio_embedding", "fused_embedding")
+FUSED_VIEW = "fused_embedding"
+VIEWS = (*(m.feast_view for m in modalities.specs()), FUSED_VIEW)
 PREDICTIONS_VIEW = "item_predictions"
 
 
@@ -46,46 +48,27 @@ def repo_dir(settings: Settings) -> Path:
 
 # ---- scoring --------------------------------------------------------------------------------
 def score_snapshot(model: Any, arrays: Any, version: str, at: datetime) -> dict[str, pd.DataFrame]:
-    """Rows of every feature view for a snapshot's items, scored by `model`."""
-    import torch
+    """Rows of every feature view for a snapshot's items, scored by `model` through the one
+    scoring path (embeddings, the fused embedding and decoded predictions come from it)."""
+    from training.models.scoring import decode_predictions, score_arrays
 
-    from training.evaluate import embed_split
-
-    embedded = embed_split(model, arrays)
-    embeddings: dict[str, torch.Tensor] = embedded["embeddings"]
-    present: dict[str, torch.Tensor] = embedded["present"]
-    with torch.inference_mode():
-        out = model.fusion(embeddings, present)
-    gates = out.gates.float()
-    stacked = torch.stack([embeddings[m] for m in model.modalities], dim=1)  # B x M x D
-    mask = torch.stack([present[m] for m in model.modalities], dim=1).float()
-    weights = gates * mask
-    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-9)
-    fused = torch.nn.functional.normalize((stacked * weights.unsqueeze(-1)).sum(dim=1), dim=1)
-    ids = list(arrays.ids)
+    scores = score_arrays(model, arrays)
+    ids = list(scores.ids)
     frames: dict[str, pd.DataFrame] = {}
     for m in model.modalities:
-        rows = present[m].numpy()
-        frames[f"{m}_embedding"] = pd.DataFrame(
+        rows = scores.present[m]
+        view = modalities.get(m).feast_view
+        frames[view] = pd.DataFrame(
             {
                 "item_id": [i for i, keep in zip(ids, rows, strict=True) if keep],
-                f"{m}_embedding": list(embeddings[m].numpy()[rows].astype(np.float32)),
+                view: list(scores.embeddings[m][rows].astype(np.float32)),
             }
         )
-    frames["fused_embedding"] = pd.DataFrame(
-        {"item_id": ids, "fused_embedding": list(fused.numpy().astype(np.float32))}
-    )
-    probs = {name: torch.softmax(v.float(), dim=1).numpy() for name, v in out.logits.items()}
-    predictions = []
-    for i in range(len(ids)):
-        item = {}
-        for name, classes in model.classes.items():
-            p = probs[name][i]
-            item[name] = {
-                "class": classes[int(p.argmax())],
-                "probabilities": {c: round(float(x), 5) for c, x in zip(classes, p, strict=True)},
-            }
-        predictions.append(json.dumps(item, sort_keys=True))
+    frames[FUSED_VIEW] = pd.DataFrame({"item_id": ids, FUSED_VIEW: list(scores.fused)})
+    predictions = [
+        json.dumps(decode_predictions(model.classes, scores.probabilities, i), sort_keys=True)
+        for i in range(len(ids))
+    ]
     frames[PREDICTIONS_VIEW] = pd.DataFrame({"item_id": ids, "predictions": predictions})
     for frame in frames.values():
         frame["event_timestamp"] = pd.Timestamp(at)
@@ -116,10 +99,8 @@ def published_vectors(settings: Settings, dataset: str, version: str) -> dict[st
     store.committed_manifest(prefix)  # refuses an unpublished or half-written version
     ids: dict[str, list[str]] = {}
     vectors: dict[str, np.ndarray] = {}
-    for view in VIEWS:
-        modality = view.removesuffix("_embedding")
-        if modality == "fused":
-            continue
+    for spec in modalities.specs():
+        modality, view = spec.name, spec.feast_view
         try:
             frame = read_offline(store, prefix, view)
         except Exception:  # a model without that modality published no such view
@@ -167,14 +148,8 @@ def feature_store(settings: Settings) -> Any:
 def feast_objects() -> list[Any]:
     from feature_repo import definitions as d
 
-    return [
-        d.item,
-        d.text_embedding,
-        d.image_embedding,
-        d.audio_embedding,
-        d.fused_embedding,
-        d.item_predictions,
-    ]
+    views = [getattr(d, view) for view in VIEWS]
+    return [d.item, *views, d.item_predictions]
 
 
 def _gather_offline(

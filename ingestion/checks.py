@@ -11,21 +11,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from dualmedia.contract import BinaryLabel, DatasetSpec, Modality, RejectReason
-from dualmedia.media import (
-    MediaError,
-    audio_stats,
-    decode_audio,
-    decode_image,
-    image_stats,
-    image_to_model_input,
-    log_mel,
-)
+from dualmedia import modalities
+from dualmedia.contract import BinaryLabel, DatasetSpec, RejectReason
+from dualmedia.modalities import MediaError, ModalitySpec
 from dualmedia.snapshot import SPLITS, label_column
 from ingestion.config import IngestConfig
-from ingestion.source import Batch, DatasetSource, MediaMissing, MediaTooLarge
+from ingestion.source import (
+    Batch,
+    DatasetSource,
+    LineTooLong,
+    MediaMissing,
+    MediaNotAllowed,
+    MediaTooLarge,
+)
 
 
 @dataclass
@@ -63,7 +61,7 @@ class ParsedRecord:
     raw_line: str
     id: str
     data: dict[str, Any]
-    present: list[Modality] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)  # modality names, canonical order
 
 
 def split_for(record_id: str, fractions: tuple[float, float, float]) -> str:
@@ -78,6 +76,9 @@ def parse_line(
     raw: bytes, line_no: int, spec: DatasetSpec, config: IngestConfig, seen_ids: set[str]
 ) -> ParsedRecord | Rejection:
     """JSON, id, duplicates, modality presence, text and labels (no media access)."""
+    if isinstance(raw, LineTooLong):
+        shown_prefix = raw.decode("utf-8", errors="replace")
+        return Rejection(raw.reason, raw.message(line_no), None, line_no, shown_prefix)
     bad_utf8 = False
     try:
         text = raw.decode("utf-8")
@@ -111,12 +112,14 @@ def parse_line(
             if field_name == "text":
                 raise Reject(RejectReason.TEXT_NOT_UTF8, "field 'text' is not valid UTF-8")
             raise Reject(RejectReason.MANIFEST_NOT_JSON, f"field {field_name!r} is not valid UTF-8")
-        present = [m for m in spec.modalities if obj.get(m.value) is not None]
+        present = [m for m in modalities.ordered(spec.modalities) if obj.get(m) is not None]
         if not present:
-            names = ", ".join(m.value for m in spec.modalities)
+            names = ", ".join(modalities.ordered(spec.modalities))
             raise Reject(RejectReason.NO_MODALITY, f"none of the modalities ({names}) is present")
-        if Modality.TEXT in present:
-            _check_text(obj["text"], config)
+        bounds = config.media_bounds(spec)
+        for m in present:  # inline values (text) are checked before any media is fetched
+            if modalities.get(m).inline:
+                _decode(modalities.get(m), obj[m], bounds, f"field {m!r}")
         _check_labels(obj, spec, config)
     except Reject as r:
         return Rejection(r.reason, f"{where}: {r}", record_id, line_no, shown)
@@ -128,16 +131,6 @@ def _field_with_bad_bytes(obj: dict[str, Any]) -> str:
         if isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value):
             return key
     return "(a key)"
-
-
-def _check_text(value: Any, config: IngestConfig) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise Reject(RejectReason.TEXT_EMPTY, "field 'text' is empty or not a string")
-    if len(value) > config.max_text_chars:
-        raise Reject(
-            RejectReason.TEXT_TOO_LONG,
-            f"field 'text' has {len(value)} characters; the bound is {config.max_text_chars}",
-        )
 
 
 def _check_labels(obj: dict[str, Any], spec: DatasetSpec, config: IngestConfig) -> None:
@@ -177,6 +170,13 @@ def _check_labels(obj: dict[str, Any], spec: DatasetSpec, config: IngestConfig) 
             )
 
 
+def _decode(spec: ModalitySpec, value: Any, bounds: Any, where: str) -> Any:
+    try:
+        return spec.decode(value, bounds.section(spec.name))
+    except MediaError as exc:
+        raise Reject(RejectReason(exc.reason), f"{where}: {exc}") from None
+
+
 def check_media(
     record: ParsedRecord,
     batch: Batch,
@@ -191,101 +191,46 @@ def check_media(
         "batch": batch.name,
         "split": obj.get("split") if obj.get("split") in SPLITS else None,
         "created_at": str(obj["created_at"]) if obj.get("created_at") is not None else None,
-        "text": obj.get("text") if Modality.TEXT in record.present else None,
-        "image": None,
-        "audio": None,
-        "audio_valid_frames": None,
-        "text_length": float(len(obj["text"])) if Modality.TEXT in record.present else None,
     }
     row["split"] = row["split"] or split_for(record.id, config.split_fractions)
     labels = obj.get("labels") or {}
     for name in spec.labels:
         value = labels.get(name)
         row[label_column(name)] = None if value is None else spec.encode_label(name, value)
+    bounds = config.media_bounds(spec)
+    media = config.media_config(spec)
     where = f"record {record.id!r} (line {record.line_no})"
     try:
-        if Modality.IMAGE in record.present:
-            row.update(_image(obj["image"], batch, source, config))
-        if Modality.AUDIO in record.present:
-            row.update(_audio(obj["audio"], batch, source, config))
+        for m in record.present:
+            modality = modalities.get(m)
+            value = obj[m]
+            if not modality.inline:
+                value = _fetch(value, modality, bounds, batch, source)
+                field_name = f"field {m!r} ({obj[m]})"
+            else:
+                field_name = f"field {m!r}"
+            decoded = _decode(modality, value, bounds, field_name)
+            row.update(modality.to_record(modality.preprocess(decoded, media)))
+            row.update(modality.stats(decoded))
     except Reject as r:
         return Rejection(r.reason, f"{where}: {r}", record.id, record.line_no, record.raw_line)
     return row
 
 
 def _fetch(
-    path: Any, modality: str, batch: Batch, source: DatasetSource, config: IngestConfig
+    path: Any, modality: ModalitySpec, bounds: Any, batch: Batch, source: DatasetSource
 ) -> bytes:
-    missing = RejectReason(f"{modality}_missing")
+    m = modality.name
+    missing = RejectReason(f"{m}_missing")
     if not isinstance(path, str) or not path:
-        raise Reject(missing, f"field {modality!r} must be a path or s3:// URI, got {path!r}")
+        raise Reject(missing, f"field {m!r} must be a path or s3:// URI, got {path!r}")
+    max_bytes = modality.max_bytes(bounds.section(m))
     try:
         uri = source.media_uri(batch, path)
-        return source.fetch(uri, config.max_media_bytes)
+        return source.fetch(uri, max_bytes)
+    except MediaNotAllowed as exc:
+        raise Reject(exc.reason, f"field {m!r}: {exc}") from None
     except MediaMissing as exc:
-        raise Reject(missing, f"field {modality!r}: {exc}") from None
+        raise Reject(missing, f"field {m!r}: {exc}") from None
     except MediaTooLarge as exc:
-        reason = (
-            RejectReason.IMAGE_SIZE_OUT_OF_BOUNDS
-            if modality == "image"
-            else RejectReason.AUDIO_TOO_LONG
-        )
-        raise Reject(reason, f"field {modality!r}: {exc}") from None
-
-
-def _image(path: Any, batch: Batch, source: DatasetSource, config: IngestConfig) -> dict[str, Any]:
-    data = _fetch(path, "image", batch, source, config)
-    try:
-        image = decode_image(data)
-    except MediaError as exc:
-        raise Reject(RejectReason(exc.reason), f"field 'image' ({path}): {exc}") from None
-    lo, hi = config.min_image_side, config.max_image_side
-    if not (lo <= image.width <= hi and lo <= image.height <= hi):
-        raise Reject(
-            RejectReason.IMAGE_SIZE_OUT_OF_BOUNDS,
-            f"field 'image' ({path}) is {image.width}x{image.height} px; "
-            f"each side must be within {lo}..{hi}",
-        )
-    pixels = image_to_model_input(image, config.media)
-    return {"image": pixels.tobytes(), **image_stats(image)}
-
-
-def _audio(path: Any, batch: Batch, source: DatasetSource, config: IngestConfig) -> dict[str, Any]:
-    data = _fetch(path, "audio", batch, source, config)
-    try:
-        audio = decode_audio(data)
-    except MediaError as exc:
-        raise Reject(RejectReason(exc.reason), f"field 'audio' ({path}): {exc}") from None
-    stats = audio_stats(audio)
-    duration = audio.duration_s
-    field_ = f"field 'audio' ({path})"
-    if duration < config.min_audio_s:
-        raise Reject(
-            RejectReason.AUDIO_TOO_SHORT,
-            f"{field_} lasts {duration:.2f}s; the minimum is {config.min_audio_s}s",
-        )
-    if duration > config.max_audio_s:
-        raise Reject(
-            RejectReason.AUDIO_TOO_LONG,
-            f"{field_} lasts {duration:.2f}s; the maximum is {config.max_audio_s}s",
-        )
-    if stats["audio_peak"] < config.silent_peak:
-        raise Reject(
-            RejectReason.AUDIO_SILENT,
-            f"{field_} is silent (peak {stats['audio_peak']:.1e} < {config.silent_peak})",
-        )
-    clipped = float(np.mean(np.abs(audio.samples) >= config.clip_level))
-    if clipped > config.max_clipped_fraction:
-        raise Reject(
-            RejectReason.AUDIO_CLIPPED,
-            f"{field_} is clipped: {clipped:.1%} of samples at full scale "
-            f"(bound {config.max_clipped_fraction:.0%})",
-        )
-    spectrogram, valid = log_mel(audio, config.media)
-    return {
-        "audio": spectrogram.astype(np.float16).tobytes(),
-        "audio_valid_frames": valid,
-        "audio_duration_s": stats["audio_duration_s"],
-        "audio_sample_rate": stats["audio_sample_rate"],
-        "audio_rms_db": stats["audio_rms_db"],
-    }
+        raise Reject(RejectReason(modality.too_large_reason), f"field {m!r}: {exc}") from None

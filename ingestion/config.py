@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from dualmedia.media import MediaConfig
+from dualmedia.contract import DatasetSpec
 
 
 class IngestConfig(BaseModel):
@@ -18,16 +19,11 @@ class IngestConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # Per-record bounds.
-    max_text_chars: int = 5000
-    min_image_side: int = 16
-    max_image_side: int = 4096
-    max_media_bytes: int = 50 * 1024 * 1024
-    min_audio_s: float = 0.25
-    max_audio_s: float = 30.0
-    silent_peak: float = Field(1e-3, description="peak |sample| below this is silence")
-    clip_level: float = 0.999
-    max_clipped_fraction: float = 0.05
+    # Per-record bounds and preprocessing, per modality, over the dataset's own
+    # (dataset.yaml `bounds:` / `media:`) and the registry's defaults, e.g.
+    # {"audio": {"min_duration_s": 0.05}}.
+    bounds: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    media: dict[str, dict[str, Any]] = Field(default_factory=dict)
     required_labels: list[str] = Field(default_factory=list)
 
     # Batch-level gates.
@@ -43,11 +39,18 @@ class IngestConfig(BaseModel):
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     shard_rows: int = 512
     fetch_workers: int = 8
-    media: MediaConfig = Field(default_factory=MediaConfig)
 
     @classmethod
     def from_yaml(cls, path: Path) -> IngestConfig:
         return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+
+    def media_bounds(self, spec: DatasetSpec) -> Any:
+        """The bounds records are checked against: MediaBounds, one section per modality."""
+        return spec.media_bounds(self.bounds)
+
+    def media_config(self, spec: DatasetSpec) -> Any:
+        """How accepted media are preprocessed: MediaConfig, one section per modality."""
+        return spec.media_config(self.media)
 
     def content_key(self) -> dict[str, object]:
         """The settings that shape a snapshot's content (not its speed)."""

@@ -1,7 +1,8 @@
 """The Great Expectations suite and checkpoint, as code, over a batch's record table.
 
-The record table holds one row per accepted record: id, modality presence, the
-sizes the bounds apply to, and each label as its class name. The suite is built from
+The record table holds one row per accepted record: id, modality presence, each
+modality's statistics (its registry module names them and adds its own expectations on
+them), and each label as its class name. The suite is built from
 the dataset's label schema and the ingestion config, never from hard-coded labels.
 Every run renders Data Docs (HTML) into a folder that ingestion uploads to S3.
 """
@@ -15,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from dualmedia.contract import BinaryLabel, DatasetSpec, Modality
+from dualmedia import modalities
+from dualmedia.contract import BinaryLabel, DatasetSpec
 from ingestion.config import IngestConfig
 
 SITE = "dualmedia"
@@ -53,24 +55,35 @@ class SuiteOutcome:
         }
 
 
+def summary_row(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
+    """An accepted snapshot row without its media: id, statistics, presence, labels."""
+    summary: dict[str, Any] = {"id": row["id"]}
+    for m in modalities.specs(spec.modalities):
+        fields = [name for name, _ in m.record_fields()]
+        summary[m.has_column] = any(row.get(f) is not None for f in fields)
+        summary.update({c: row.get(c) for c in m.stat_columns})
+    summary.update({k: v for k, v in row.items() if k.startswith("label__")})
+    return summary
+
+
+def _size_columns(spec: DatasetSpec) -> list[str]:
+    return [c for m in modalities.specs(spec.modalities) for c in m.stat_columns]
+
+
 def record_table(rows: list[dict[str, Any]], spec: DatasetSpec) -> pd.DataFrame:
-    """The table the suite validates, from accepted snapshot rows (media left out)."""
-    columns: dict[str, list[Any]] = {
-        "id": [r["id"] for r in rows],
-        "text_length": [r.get("text_length") for r in rows],
-        "image_width": [r.get("image_width") for r in rows],
-        "image_height": [r.get("image_height") for r in rows],
-        "audio_duration_s": [r.get("audio_duration_s") for r in rows],
-    }
-    for m, key in ((Modality.TEXT, "text"), (Modality.IMAGE, "image"), (Modality.AUDIO, "audio")):
-        columns[f"has_{m.value}"] = [r.get(key) is not None for r in rows]
+    """The table the suite validates, from `summary_row`s."""
+    columns: dict[str, list[Any]] = {"id": [r["id"] for r in rows]}
+    for col in _size_columns(spec):
+        columns[col] = [r.get(col) for r in rows]
+    for m in modalities.specs(spec.modalities):
+        columns[m.has_column] = [bool(r.get(m.has_column)) for r in rows]
     for name, label in spec.labels.items():
         classes = label.classes
         columns[f"label_{name}"] = [
             None if r.get(f"label__{name}") is None else classes[r[f"label__{name}"]] for r in rows
         ]
     df = pd.DataFrame(columns)
-    for col in ("text_length", "image_width", "image_height", "audio_duration_s"):
+    for col in _size_columns(spec):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     return df
 
@@ -82,44 +95,26 @@ def build_suite(spec: DatasetSpec, config: IngestConfig, n_rows: int) -> Any:
     suite = gx.ExpectationSuite(name=f"{spec.name}-records")
     add = suite.add_expectation
     add(gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=None))
-    base_columns = ["id", "text_length", "image_width", "image_height", "audio_duration_s"]
-    for col in base_columns + [f"has_{m.value}" for m in Modality]:
+    present = modalities.specs(spec.modalities)
+    for col in ["id", *_size_columns(spec), *(m.has_column for m in present)]:
         add(gxe.ExpectColumnToExist(column=col))
     add(gxe.ExpectColumnValuesToBeOfType(column="id", type_="object"))
     add(gxe.ExpectColumnValuesToNotBeNull(column="id"))
     add(gxe.ExpectColumnValuesToBeUnique(column="id"))
-    for col in ("text_length", "image_width", "image_height", "audio_duration_s"):
+    for col in _size_columns(spec):
         add(gxe.ExpectColumnValuesToBeOfType(column=col, type_="float64"))
-    # Null rate per declared modality (a missing modality leaves its size column null).
-    size_of = {
-        Modality.TEXT: "text_length",
-        Modality.IMAGE: "image_width",
-        Modality.AUDIO: "audio_duration_s",
-    }
-    for modality in spec.modalities:
+    bounds = config.media_bounds(spec)
+    for m in present:
+        # Null rate per declared modality (a missing modality leaves its size column null).
         add(
             gxe.ExpectColumnValuesToNotBeNull(
-                column=size_of[modality],
+                column=m.presence_column,
                 mostly=round(1.0 - config.max_missing_rate, 6),
-                meta={"check": "missing_rate", "modality": modality.value},
+                meta={"check": "missing_rate", "modality": m.name},
             )
         )
-    add(
-        gxe.ExpectColumnValuesToBeBetween(
-            column="text_length", min_value=1, max_value=config.max_text_chars
-        )
-    )
-    for col in ("image_width", "image_height"):
-        add(
-            gxe.ExpectColumnValuesToBeBetween(
-                column=col, min_value=config.min_image_side, max_value=config.max_image_side
-            )
-        )
-    add(
-        gxe.ExpectColumnValuesToBeBetween(
-            column="audio_duration_s", min_value=config.min_audio_s, max_value=config.max_audio_s
-        )
-    )
+        for expectation, kwargs in m.expectations(bounds.section(m.name)):
+            add(getattr(gxe, expectation)(**kwargs))
     for name, label in spec.labels.items():
         col = f"label_{name}"
         add(gxe.ExpectColumnToExist(column=col))

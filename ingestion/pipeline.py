@@ -45,12 +45,12 @@ from dualmedia.snapshot import (
 from dualmedia.storage import ObjectStore, S3Uri
 from ingestion.checks import ParsedRecord, Rejection, check_media, parse_line
 from ingestion.config import IngestConfig
-from ingestion.expectations import SuiteOutcome, Validator, record_table
+from ingestion.expectations import SuiteOutcome, Validator, record_table, summary_row
 from ingestion.shards import ShardWriter
 from ingestion.source import Batch, DatasetSource
 
 # Bump when decoding or preprocessing changes: old snapshots then stop matching.
-PREPROCESS_VERSION = "1"
+PREPROCESS_VERSION = "2"
 CHUNK = 64  # records whose media are fetched concurrently
 
 Progress = Callable[[int], None]
@@ -266,9 +266,7 @@ def _validate_batch(
                 quarantine.write(json.dumps(outcome.to_dict(batch.name), ensure_ascii=False) + "\n")
             else:
                 writer.add(outcome)
-                table_rows.append({k: v for k, v in outcome.items() if k not in ("image", "audio")})
-                table_rows[-1]["image"] = True if outcome["image"] is not None else None
-                table_rows[-1]["audio"] = True if outcome["audio"] is not None else None
+                table_rows.append(summary_row(outcome, spec))
     writer.close()
     accepted = writer.written
     quarantined = sum(reasons.values())
@@ -364,7 +362,8 @@ def publish_snapshot(plan_uri: str, settings: Settings) -> dict[str, Any]:
             snapshot_id=plan["snapshot_id"],
             dataset=plan["dataset"],
             source_uri=plan["dataset_uri"],
-            media=config.media.to_dict(),
+            media=config.media_config(spec).to_dict(),
+            bounds=config.media_bounds(spec).to_dict(),
             batches=plan["batches"],
             counts=split_counts,
             created_at=datetime.now(UTC).isoformat(timespec="microseconds"),

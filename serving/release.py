@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dualmedia import modalities
 from dualmedia.settings import Settings
 from dualmedia.storage import ObjectStore, S3Uri
 from serving.archive import archive_name, build_archive
@@ -39,7 +40,10 @@ def build_release(name: str, version: str, settings: Settings) -> dict[str, Any]
     model, tags = load_registered_model(name, version, settings)
     dataset = model.spec.name
     published = published_vectors(settings, dataset, version)
-    texts = _texts(store, tags, published["ids"].get("text", []), settings)
+    # Search results show an item's inline value (its text), when the model has one.
+    shown = next((m.name for m in modalities.specs(model.modalities) if m.inline), None)
+    item_ids = sorted({i for ids in published["ids"].values() for i in ids})
+    texts = _texts(store, tags, item_ids, shown) if shown else {}
     catalogue = Catalogue(published["ids"], published["vectors"], texts, version)
     info = {
         "dataset": dataset,
@@ -50,7 +54,8 @@ def build_release(name: str, version: str, settings: Settings) -> dict[str, Any]
     }
     with tempfile.TemporaryDirectory(prefix="dualmedia-release-") as tmp:
         files = download_model_files(name, version, settings, Path(tmp) / "model")
-        tokenizer = model.encoder.trunk("text").tokenizer if "text" in model.modalities else None
+        prompts = model.encoder.prompt_modality
+        tokenizer = model.encoder.trunk(prompts).tokenizer if prompts else None
         path = build_archive(
             files, catalogue, info, Path(tmp) / "out", name, version, tokenizer=tokenizer
         )
@@ -58,9 +63,7 @@ def build_release(name: str, version: str, settings: Settings) -> dict[str, Any]
     return {"archive_uri": str(target), "reused": False, "version": version, **info}
 
 
-def _texts(
-    store: ObjectStore, tags: dict[str, str], ids: list[str], settings: Settings
-) -> dict[str, str]:
+def _texts(store: ObjectStore, tags: dict[str, str], ids: list[str], column: str) -> dict[str, str]:
     """Review texts of the catalogue's items, so search results can show them."""
     from dualmedia.snapshot import Snapshot
     from training.registry import TAG_SNAPSHOT_URI
@@ -68,9 +71,9 @@ def _texts(
     wanted = set(ids)
     snapshot = Snapshot(store, tags[TAG_SNAPSHOT_URI])
     texts: dict[str, str] = {}
-    for table in snapshot.iter_tables(columns=["id", "text"]):
+    for table in snapshot.iter_tables(columns=["id", column]):
         for item_id, text in zip(
-            table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True
+            table.column("id").to_pylist(), table.column(column).to_pylist(), strict=True
         ):
             if item_id in wanted and text is not None:
                 texts[item_id] = text
@@ -90,20 +93,18 @@ def unimodal_reliability(model: Any, arrays: Any) -> dict[str, dict[str, float]]
     """Macro-F1 of each modality's own head per label, on held-out items that have the
     modality. The disagreement flag only counts a modality's vote on a label it can
     actually predict (a voice cannot see a crack in a photo)."""
-    from training.evaluate import embed_split, fused_predictions
     from training.metrics import classification_scores
+    from training.models.scoring import score_arrays
 
-    embedded = embed_split(model, arrays)
-    _, _, unimodal = fused_predictions(model, embedded["embeddings"], embedded["present"])
+    scores = score_arrays(model, arrays)
     reliability: dict[str, dict[str, float]] = {}
-    for modality, labels in unimodal.items():
-        has = embedded["present"][modality].numpy()
+    for modality, labels in scores.unimodal_predicted().items():
+        has = scores.present[modality]
         reliability[modality] = {}
         for label, predicted in labels.items():
             truth = arrays.labels[label].copy()
             truth[~has] = -1
-            scores = classification_scores(truth, predicted, len(model.classes[label]))
-            f1 = scores["macro_f1"]
+            f1 = classification_scores(truth, predicted, len(model.classes[label]))["macro_f1"]
             reliability[modality][label] = round(f1, 4) if f1 == f1 else 0.0  # NaN: no items
     return reliability
 

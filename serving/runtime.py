@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from dualmedia.contract import Modality
-from dualmedia.media import MediaConfig
+from dualmedia.modalities import MediaBounds, MediaConfig
 from serving.catalogue import Catalogue
 from serving.protocol import Inputs, Request
+from training.models.scoring import decode_predictions, score_items
 
 # A modality's own prediction counts in a disagreement only when it is this sure, and
 # only on labels its own head predicts well on held-out data (macro-F1, archive.json).
@@ -37,9 +37,12 @@ class InferenceRuntime:
     ) -> None:
         self.model = model.eval()
         self.reliability = reliability
-        if "text" in getattr(model, "modalities", []):
-            model.encoder.trunk("text").cache_texts = False  # a server must not grow
+        for m in model.modalities:  # a server must not grow (the text trunk's cache)
+            trunk = model.encoder.trunk(m)
+            if hasattr(trunk, "cache_texts"):
+                trunk.cache_texts = False
         self.media: MediaConfig = model.media
+        self.bounds: MediaBounds = model.bounds
         self.catalogue = catalogue
         self.model_version = model_version
         # The worker's whole CPU budget: torch's threads and the BLAS numpy uses for
@@ -51,17 +54,18 @@ class InferenceRuntime:
     @classmethod
     def from_folder(cls, folder: Path, model_version: str, threads: int = 1) -> InferenceRuntime:
         """Load an unpacked archive: weights.safetensors + model.json, and catalogue/."""
-        from training.factory import load_fused_model_dir
+        from training.models.factory import load_fused_model_dir
 
         folder = Path(folder)
         model = load_fused_model_dir(folder)
         catalogue_dir = folder / "catalogue"
         catalogue = Catalogue.load(catalogue_dir) if catalogue_dir.exists() else None
-        if (folder / "tokenizer").exists() and "text" in model.modalities:
+        prompt_modality = model.encoder.prompt_modality
+        if (folder / "tokenizer").exists() and prompt_modality is not None:
             from transformers import AutoTokenizer
 
             # The tokenizer archived with the model, not whatever the environment has.
-            model.encoder.trunk("text").tokenizer = AutoTokenizer.from_pretrained(
+            model.encoder.trunk(prompt_modality).tokenizer = AutoTokenizer.from_pretrained(
                 str(folder / "tokenizer"), local_files_only=True
             )
         info_path = folder / "archive.json"
@@ -69,59 +73,32 @@ class InferenceRuntime:
         return cls(model, catalogue, model_version, threads, info.get("reliability"))
 
     @property
-    def modalities(self) -> list[Modality]:
-        return [Modality(m) for m in self.model.modalities]
+    def modalities(self) -> list[str]:
+        return list(self.model.modalities)
 
-    def catalogue_modalities(self) -> list[Modality]:
+    def catalogue_modalities(self) -> list[str]:
         if self.catalogue is None:
             return []
-        return [Modality(m) for m in self.catalogue.modalities]
-
-    # ---- batching ----------------------------------------------------------------------
-    def _batch(self, items: list[Inputs]) -> dict[str, Any]:
-        n = len(items)
-        size = self.media.image_size
-        image = np.zeros((n, size, size, 3), dtype=np.uint8)
-        audio = np.full((n, self.media.n_mels, self.media.audio_frames), np.log(1e-6), np.float32)
-        for i, x in enumerate(items):
-            if x.image is not None:
-                image[i] = x.image
-            if x.audio is not None:
-                audio[i] = x.audio
-        present = {
-            Modality.TEXT.value: [x.text is not None for x in items],
-            Modality.IMAGE.value: [x.image is not None for x in items],
-            Modality.AUDIO.value: [x.audio is not None for x in items],
-        }
-        return {
-            "text": [x.text for x in items],
-            "image": torch.from_numpy(image),
-            "audio": torch.from_numpy(audio),
-            "present": {
-                m: torch.tensor(present[m], dtype=torch.bool) for m in self.model.modalities
-            },
-        }
+        return list(self.catalogue.modalities)
 
     def _check_modalities(self, items: list[Inputs]) -> None:
-        served = {m.value for m in self.modalities}
+        served = set(self.modalities)
         for x in items:
             for m in x.modalities:
-                if m.value not in served:
-                    raise ValueError(f"this model has no {m.value} encoder")
+                if m not in served:
+                    raise ValueError(f"this model has no {m} encoder")
 
-    @torch.inference_mode()
-    def embed_inputs(self, items: list[Inputs]) -> dict[str, np.ndarray]:
-        """Per modality, [N, D] embeddings of every item (zero rows where absent)."""
+    def score(self, items: list[Inputs]) -> Any:
+        """The one scoring path (training.models.scoring) over validated inputs."""
         self._check_modalities(items)
-        out = self.model.encoder(self._batch(items))
-        return {m: e.float().numpy() for m, e in out.items()}
+        return score_items(self.model, [x.items for x in items], batch_size=max(1, len(items)))
 
     # ---- tasks ----------------------------------------------------------------------------
     def embed(self, requests: list[Request]) -> list[dict[str, Any]]:
-        embeddings = self.embed_inputs([r.inputs for r in requests])
+        embeddings = self.score([r.inputs for r in requests]).embeddings
         answers = []
         for i, r in enumerate(requests):
-            modality = r.inputs.modalities[0].value
+            modality = r.inputs.modalities[0]
             vector = embeddings[modality][i]
             answers.append(
                 {
@@ -136,59 +113,42 @@ class InferenceRuntime:
     def search(self, requests: list[Request]) -> list[dict[str, Any]]:
         if self.catalogue is None:
             raise ValueError("this model was archived without a search catalogue")
-        embeddings = self.embed_inputs([r.inputs for r in requests])
+        embeddings = self.score([r.inputs for r in requests]).embeddings
         answers = []
         for i, r in enumerate(requests):
-            modality = r.inputs.modalities[0].value
-            assert r.target is not None
-            results = self.catalogue.search(embeddings[modality][i], r.target.value, r.k)
+            modality = r.inputs.modalities[0]
+            target = r.target or modality
+            results = self.catalogue.search(embeddings[modality][i], target, r.k)
             answers.append(
                 {
                     "query_modality": modality,
-                    "target": r.target.value,
+                    "target": target,
                     "results": results,
                     "model_version": self.model_version,
                 }
             )
         return answers
 
-    @torch.inference_mode()
     def insights(self, requests: list[Request]) -> list[dict[str, Any]]:
         items = [r.inputs for r in requests]
-        self._check_modalities(items)
-        out = self.model(self._batch(items))
-        probs = {name: torch.softmax(v.float(), dim=1).numpy() for name, v in out.logits.items()}
-        unimodal = {
-            m: {name: torch.softmax(v.float(), dim=1).numpy() for name, v in labels.items()}
-            for m, labels in out.unimodal.items()
-        }
-        gates = out.gates.float().numpy()
+        scores = self.score(items)
         answers = []
         for i, x in enumerate(items):
-            present = [m.value for m in x.modalities]
-            predictions = {}
-            for name, classes in self.model.classes.items():
-                p = probs[name][i]
-                predictions[name] = {
-                    "class": classes[int(p.argmax())],
-                    "probabilities": {
-                        c: round(float(v), 6) for c, v in zip(classes, p, strict=True)
-                    },
-                }
+            present = x.modalities
             answers.append(
                 {
-                    "predictions": predictions,
+                    "predictions": decode_predictions(self.model.classes, scores.probabilities, i),
                     "gates": {
-                        m: round(float(gates[i][j]), 6)
+                        m: round(float(scores.gates[i][j]), 6)
                         for j, m in enumerate(self.model.modalities)
                         if m in present
                     },
-                    "disagreement": self._disagreement(i, present, unimodal),
+                    "disagreement": self._disagreement(i, present, scores.unimodal),
                     "modalities": present,
                     "model_version": self.model_version,
                     # For the served-request log; the handler removes it from the answer.
                     "_embeddings": {
-                        m: [round(float(v), 5) for v in out.embeddings[m][i].float().tolist()]
+                        m: [round(float(v), 5) for v in scores.embeddings[m][i].tolist()]
                         for m in present
                     },
                 }

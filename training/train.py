@@ -39,12 +39,12 @@ from training.checkpoints import (
     load_checkpoint,
 )
 from training.config import HardwareConfig, StageConfig, TrainConfig
-from training.data import SnapshotDataModule, audio_statistics
-from training.distributed import is_launcher_rank_zero
+from training.data import SnapshotDataModule
 from training.evaluate import evaluate_arrays, flat_metrics
-from training.factory import FusedModel, build_fused_model, save_fused_model
 from training.lit import AlignmentModule, FusionModule, label_class_counts
-from training.pyfunc import (
+from training.models.distributed import is_launcher_rank_zero
+from training.models.factory import FusedModel, build_fused_model, save_fused_model
+from training.models.pyfunc import (
     PYFUNC_ENTRY,
     code_paths,
     input_example,
@@ -193,7 +193,7 @@ def _log_model(model: FusedModel, run: _Run, example: SnapshotArrays) -> str:
         signature=model_signature(model),
         input_example=input_example(example),
         pip_requirements=pip_requirements(),
-        code_paths=code_paths(),
+        code_paths=code_paths(run.workdir / "code"),
     )
     return info.model_uri
 
@@ -265,11 +265,17 @@ def train(
             store.ensure_bucket(settings.lake_bucket)
             store.delete_prefix(root)  # a fresh start never mixes with an older attempt
 
-    model = build_fused_model(snapshot.spec, snapshot.media, config.model)
-    if "audio" in model.modalities:
-        model.encoder.trunk("audio").set_normalisation(*audio_statistics(splits["train"]))
+    model = build_fused_model(snapshot.spec, snapshot.media, config.model, snapshot.bounds)
+    for m in model.modalities:  # e.g. the audio trunk's input normalisation
+        model.encoder.trunk(m).prepare([x for x in splits["train"].inputs[m] if x is not None])
     datamodule = SnapshotDataModule(
-        splits["train"], splits["val"], snapshot.spec, model.modalities, config.data, config.seed
+        splits["train"],
+        splits["val"],
+        snapshot.spec,
+        model.modalities,
+        config.data,
+        snapshot.media,
+        config.seed,
     )
     with (
         tempfile.TemporaryDirectory(prefix="dualmedia-train-") as tmp,

@@ -19,8 +19,8 @@ from dualmedia.settings import Settings
 from dualmedia.snapshot import Snapshot
 from dualmedia.stack import Stack
 from dualmedia.storage import ObjectStore
-from dualmedia.synthetic import GeneratorKnobs, generate_dataset
 from serving.client import TorchServeClient
+from synthetic import GeneratorKnobs, generate_dataset
 from tests.conftest import make_settings
 from tests.integration.airflow_helpers import dags_test
 

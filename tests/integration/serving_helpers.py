@@ -11,12 +11,12 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from dualmedia.media import MediaConfig
-from dualmedia.synthetic import dataset_spec
+from dualmedia.modalities import MediaConfig
 from serving.archive import build_archive
 from serving.catalogue import Catalogue
+from synthetic import dataset_spec
 from training.config import load_train_config
-from training.factory import build_fused_model, load_fused_model_dir, save_fused_model
+from training.models.factory import build_fused_model, load_fused_model_dir, save_fused_model
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "train" / "tiny.yaml"
 

@@ -12,7 +12,7 @@ import pytest
 
 from dualmedia.settings import Settings
 from dualmedia.storage import ObjectStore
-from dualmedia.synthetic import generate_dataset
+from synthetic import generate_dataset
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from dualmedia.datasets import upload_dataset
 from dualmedia.settings import REPO_ROOT, Settings
 from dualmedia.snapshot import Snapshot
 from dualmedia.storage import ObjectStore
-from dualmedia.synthetic import generate_dataset
 from ingestion.pipeline import plan_ingest
+from synthetic import generate_dataset
 from tests.integration.airflow_helpers import dags_test
 
 pytestmark = pytest.mark.integration

@@ -158,11 +158,6 @@ def test_media_outside_the_allowed_buckets_is_quarantined_never_copied(
     assert summary["read"] == 30 == summary["accepted"] + summary["quarantined"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingestion/checks.py quarantines MediaNotAllowed (a MediaMissing) as "
-    "'<modality>_missing' until it uses the exception's own `reason`",
-)
 def test_media_outside_the_allowed_buckets_has_its_own_reason(
     cross_bucket: tuple[Settings, dict[str, Any], str],
 ) -> None:
@@ -204,11 +199,6 @@ def test_an_over_long_manifest_line_is_refused_without_being_assembled(
     assert summary["read"] == 31 and summary["accepted"] == 30
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingestion/checks.py parse_line does not yet turn a LineTooLong into its "
-    "own rejection (it sees the line's first bytes: manifest_not_json)",
-)
 def test_an_over_long_manifest_line_has_its_own_reason(
     s3_settings: Settings, long_line: tuple[str, int]
 ) -> None:

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from dualmedia.contract import ContractError
+from dualmedia.contract import ContractError, RejectReason
 from dualmedia.datasets import upload_dataset
 from dualmedia.settings import Settings
 from dualmedia.snapshot import Snapshot
 from dualmedia.storage import ObjectStore
-from dualmedia.synthetic import GeneratorKnobs, generate_dataset
 from ingestion.config import IngestConfig
 from ingestion.pipeline import IngestError, ingest, plan_ingest
+from synthetic import GeneratorKnobs, generate_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def test_every_bad_kind_is_quarantined_with_its_reason(
     s3_settings: Settings, tmp_path: Path
 ) -> None:
     gen = generate_dataset(tmp_path / "ds", 260, seed=7, knobs=GeneratorKnobs(corrupt_rate=0.1))
-    assert len(set(gen.expected_rejects.values())) == 22  # every RejectReason injected
+    assert set(gen.expected_rejects.values()) == {r.value for r in RejectReason}  # all injected
     uri = _upload(tmp_path / "ds", s3_settings, "bad-kinds")
     summary = ingest(uri, s3_settings)
     store = ObjectStore(s3_settings)
@@ -99,7 +99,7 @@ def test_same_split_for_the_same_id_across_snapshots(s3_settings: Settings, tmp_
     )
     assert set(splits.values()) == {"train", "val", "test"}
     # A stricter config is a different recipe: a new snapshot, the same splits.
-    stricter = ingest(uri, s3_settings, IngestConfig(max_text_chars=4000))
+    stricter = ingest(uri, s3_settings, IngestConfig(bounds={"text": {"max_chars": 4000}}))
     assert stricter["snapshot_id"] != summary["snapshot_id"]
     table2 = Snapshot(store, stricter["snapshot_uri"]).table(["id", "split"])
     assert (

@@ -23,11 +23,11 @@ from dualmedia.contract import MANIFEST_FILE
 from dualmedia.settings import Settings
 from dualmedia.stack import Stack
 from dualmedia.storage import ObjectStore, S3Uri
+from synthetic.fixtures import synthetic_snapshot
 from tests.conftest import make_settings
 from training.commands import register
 from training.config import REPO_CONFIGS, load_train_config
 from training.evaluate import evaluate_model
-from training.testing import synthetic_snapshot
 from training.train import train
 
 pytestmark = pytest.mark.integration

@@ -19,9 +19,9 @@ import pytest
 
 from dualmedia.stack import Stack
 from dualmedia.storage import ObjectStore
+from synthetic.fixtures import synthetic_snapshot
 from tests.conftest import make_settings
 from training.config import REPO_CONFIGS, load_train_config
-from training.testing import synthetic_snapshot
 from training.train import train
 
 # Training 3000 items takes ~12 min on 2 cores, more than the suite's 15 min per test would

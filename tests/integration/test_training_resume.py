@@ -21,10 +21,10 @@ from mlflow import MlflowClient
 from dualmedia.settings import Settings
 from dualmedia.stack import Stack
 from dualmedia.storage import ObjectStore, S3Uri
+from synthetic.fixtures import synthetic_snapshot
 from tests.conftest import make_settings
 from training.checkpoints import RunState
 from training.config import REPO_CONFIGS, TrainConfig, load_train_config
-from training.testing import synthetic_snapshot
 from training.train import train
 
 pytestmark = pytest.mark.integration

@@ -70,7 +70,7 @@ def test_bad_lines_are_rejected_with_reason_and_place(
 def test_text_length_bound_comes_from_config() -> None:
     line = b'{"id": "a", "text": "' + b"x" * 50 + b'", "labels": {}}'
     assert isinstance(check(line), ParsedRecord)
-    outcome = check(line, max_text_chars=10)
+    outcome = check(line, bounds={"text": {"max_chars": 10}})
     assert isinstance(outcome, Rejection) and outcome.reason == RejectReason.TEXT_TOO_LONG
 
 

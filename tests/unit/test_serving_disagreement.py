@@ -14,6 +14,8 @@ class FakeModel:
             "damaged": ["false", "true"],
         }
         self.media = None
+        self.bounds = None
+        self.modalities: list[str] = []  # no trunks: only the disagreement rule is tested
 
     def eval(self) -> FakeModel:
         return self

@@ -11,7 +11,7 @@ import soundfile as sf
 from PIL import Image
 
 from dualmedia.contract import Modality
-from dualmedia.media import MediaConfig
+from dualmedia.modalities import MediaBounds, MediaConfig
 from serving.protocol import BadRequest, parse_request
 
 MEDIA = MediaConfig()
@@ -31,16 +31,26 @@ def wav(seconds: float = 1.0) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+# A model's bounds (those of its training snapshot); images capped at 5 MiB here.
+BOUNDS = MediaBounds.from_dict({"image": {"max_bytes": 5 * 1024 * 1024}})
+
+
 def parse(task: str, body: object) -> object:
-    return parse_request(task, {"body": body}, MEDIA, CATALOGUE)
+    return parse_request(task, {"body": body}, MEDIA, CATALOGUE, BOUNDS)
 
 
 def test_valid_requests_are_preprocessed() -> None:
     r = parse("embed", {"image": png()})
     assert r.inputs.modalities == [Modality.IMAGE]
-    assert r.inputs.image.shape == (MEDIA.image_size, MEDIA.image_size, 3)
+    assert r.inputs.items["image"].shape == (MEDIA.image.size, MEDIA.image.size, 3)
+    assert set(r.inputs.stats) == {
+        "image_width",
+        "image_height",
+        "image_brightness",
+        "image_saturation",
+    }
     r = parse("search", {"query": {"audio": wav()}, "target": "text", "k": 3})
-    assert r.inputs.audio.shape == (MEDIA.n_mels, MEDIA.audio_frames)
+    assert r.inputs.items["audio"]["logmel"].shape == (MEDIA.audio.n_mels, MEDIA.audio.frames)
     assert (r.target, r.k) == (Modality.TEXT, 3)
     r = parse("insights", {"text": "lovely", "image": png(), "audio": wav()})
     assert r.inputs.modalities == CATALOGUE
@@ -49,7 +59,7 @@ def test_valid_requests_are_preprocessed() -> None:
 def test_multipart_fields_are_accepted() -> None:
     raw_png = base64.b64decode(png())
     r = parse_request("insights", {"text": b"nice", "image": bytearray(raw_png)}, MEDIA, CATALOGUE)
-    assert r.inputs.text == "nice" and r.inputs.image is not None
+    assert r.inputs.items["text"] == "nice" and r.inputs.items["image"] is not None
 
 
 @pytest.mark.parametrize(
@@ -58,7 +68,7 @@ def test_multipart_fields_are_accepted() -> None:
         ("embed", b"{not json", 400, "not_json", None),
         ("embed", [1, 2], 400, "not_json_object", None),
         ("embed", {"txt": "typo"}, 400, "unknown_field", "txt"),
-        ("embed", {"text": "   "}, 400, "empty_text", "text"),
+        ("embed", {"text": "   "}, 400, "text_empty", "text"),
         ("embed", {"text": 5}, 400, "wrong_type", "text"),
         ("embed", {"text": "a", "image": png()}, 400, "one_modality_required", "text"),
         ("embed", {}, 400, "one_modality_required", None),
@@ -77,7 +87,7 @@ def test_multipart_fields_are_accepted() -> None:
             "audio_undecodable",
             "audio",
         ),
-        ("embed", {"text": "x" * 6000}, 413, "payload_too_large", "text"),
+        ("embed", {"text": "x" * 6000}, 400, "text_too_long", "text"),
         (
             "embed",
             {"image": base64.b64encode(b"0" * (6 * 1024 * 1024)).decode()},
@@ -89,7 +99,7 @@ def test_multipart_fields_are_accepted() -> None:
         ("search", {"query": {"smell": "x"}}, 400, "unknown_field", "query.smell"),
         ("search", {"query": {"text": "x"}, "target": "video"}, 400, "bad_value", "target"),
         ("search", {"query": {"text": "x"}, "k": 0}, 400, "bad_value", "k"),
-        ("insights", {}, 400, "missing_modality", "text"),
+        ("insights", {}, 400, "missing_modality", None),
         ("nope", {"text": "x"}, 404, "unknown_task", None),
     ],
 )

@@ -21,6 +21,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_va
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from dualmedia import modalities
 from dualmedia.contract import (
     MANIFEST_FILE,
     BinaryLabel,
@@ -29,21 +30,22 @@ from dualmedia.contract import (
     RejectReason,
     load_dataset_spec,
 )
-from dualmedia.media import MediaConfig, decode_audio, log_mel
-from dualmedia.synthetic import (
+from dualmedia.modalities import MediaBounds, MediaConfig
+from dualmedia.modalities.audio import log_mel
+from synthetic import (
     EXPECTED_REJECTS_FILE,
     GenerateSummary,
     GeneratorKnobs,
     generate_dataset,
 )
-from dualmedia.synthetic import corruption as bounds
-from dualmedia.synthetic.story import (
+from synthetic import corruption as bounds
+from synthetic.story import (
     AUDIO_SECONDS_RANGE,
     COLOUR_MENTION_RATE,
     COLOURS,
     draw_story,
 )
-from dualmedia.synthetic.texts import NEW_VOCABULARY, words
+from synthetic.texts import NEW_VOCABULARY, words
 
 BATCH = "batch-0001"
 COMPLETE = GeneratorKnobs(missing_modality_rate=0.0)
@@ -71,9 +73,11 @@ def _image_reason(path: Path) -> RejectReason | None:
     if path.stat().st_size == 0:
         return RejectReason.IMAGE_EMPTY
     try:
-        image = Image.open(path, formats=list(bounds.ALLOWED_IMAGE_FORMATS))
+        image = Image.open(path)
     except Exception:
         return RejectReason.IMAGE_UNDECODABLE
+    if image.format not in bounds.ALLOWED_IMAGE_FORMATS:
+        return RejectReason.IMAGE_FORMAT_NOT_SUPPORTED
     try:
         image.load()
     except OSError:
@@ -90,6 +94,8 @@ def _audio_reason(path: Path) -> RejectReason | None:
         samples, sample_rate = sf.read(path, dtype="float64")
     except Exception:
         return RejectReason.AUDIO_UNDECODABLE
+    if sf.info(str(path)).format not in ("WAV", "FLAC", "OGG"):
+        return RejectReason.AUDIO_FORMAT_NOT_SUPPORTED
     with wave.open(str(path), "rb") as reader:  # the data chunk must hold what it declares
         declared = reader.getnframes()
         if len(reader.readframes(declared)) < declared * reader.getsampwidth():
@@ -127,6 +133,9 @@ def reference_rejects(batch_dir: Path, spec: DatasetSpec) -> dict[str, str]:
     rejects: dict[str, str] = {}
     seen: set[str] = set()
     for number, raw in enumerate((batch_dir / MANIFEST_FILE).read_bytes().splitlines(), 1):
+        if len(raw) > bounds.MAX_LINE_BYTES:
+            rejects[f"line:{number}"] = RejectReason.MANIFEST_LINE_TOO_LONG
+            continue
         try:
             raw.decode("utf-8")
             not_utf8 = False
@@ -165,6 +174,9 @@ def _record_reason(
             return RejectReason.TEXT_EMPTY
         if len(text) > bounds.MAX_TEXT_CHARS:
             return RejectReason.TEXT_TOO_LONG
+    for name in ("image", "audio"):
+        if str(record.get(name) or "").startswith("s3://"):  # not the dataset's own bucket
+            return RejectReason.MEDIA_BUCKET_NOT_ALLOWED
     if record.get("image") is not None and (reason := _image_reason(batch_dir / record["image"])):
         return reason
     if record.get("audio") is not None and (reason := _audio_reason(batch_dir / record["audio"])):
@@ -608,10 +620,11 @@ def test_colour_and_product_tie_an_items_modalities_together(
 
     # Voice: the opening words are decodable from the log-mel of the first 1.2 s (chance is
     # 1/12 for the colour and 1/5 for the product).
-    config = MediaConfig()
+    config = MediaConfig().audio
+    audio, bounds = modalities.get("audio"), MediaBounds().audio
     openings = np.array(
         [
-            log_mel(decode_audio((batch_dir / r["audio"]).read_bytes()), config)[0][:, :60]
+            log_mel(audio.decode((batch_dir / r["audio"]).read_bytes(), bounds), config)[0][:, :60]
             .reshape(config.n_mels, 10, 6)
             .mean(-1)
             .ravel()

@@ -11,22 +11,22 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from dualmedia.media import MediaConfig
-from dualmedia.synthetic import GeneratorKnobs, dataset_spec, generate_dataset
+from dualmedia.modalities import MediaConfig
+from dualmedia.modalities.audio import SILENCE, augment_logmel
+from synthetic import GeneratorKnobs, dataset_spec, generate_dataset
+from synthetic.fixtures import arrays_from_folder, random_arrays
 from training.config import REPO_CONFIGS, TrainConfig, load_train_config
 from training.data import (
     BalancedSampler,
     SnapshotDataModule,
-    augment_logmel,
     drop_modalities,
     primary_label,
     sampling_groups,
     sampling_weights,
 )
 from training.evaluate import evaluate_arrays
-from training.factory import build_fused_model
 from training.lit import AlignmentModule, FusionModule
-from training.testing import arrays_from_folder, random_arrays
+from training.models.factory import build_fused_model
 
 NAMES = ("text", "image", "audio")
 # The frozen text trunk stays in eval mode on purpose (train() filters this warning too).
@@ -89,18 +89,18 @@ def test_sampler_ranks_take_disjoint_slices_of_one_draw() -> None:
 
 
 def test_spectrogram_masking_stays_inside_the_real_audio() -> None:
-    torch.manual_seed(0)
-    logmel = torch.randn(64, 201)
-    logmel[:, 100:] = -13.8  # padding
+    rng = np.random.default_rng(0)
+    logmel = rng.normal(size=(64, 201)).astype(np.float32)
+    logmel[:, 100:] = SILENCE  # padding
     kept_lengths = set()
     for _ in range(50):
-        out = augment_logmel(logmel, valid_frames=100, max_time_mask=30, max_freq_mask=10)
-        assert torch.equal(out[:, 100:], logmel[:, 100:])
+        out, valid = augment_logmel(logmel, 100, rng, max_time_mask=30, max_freq_mask=10)
+        assert np.array_equal(out[:, 100:], logmel[:, 100:])
         assert out.shape == logmel.shape
         # Truncation: a prefix of at least 50 frames is kept, the rest becomes padding.
-        padded = (out == -13.8).all(dim=0)
-        kept = int(padded.int().argmax())
-        assert 50 <= kept <= 100 and padded[kept:].all()
+        padded = (out == np.float32(SILENCE)).all(axis=0)
+        kept = int(padded.argmax())
+        assert 50 <= kept <= 100 and padded[kept:].all() and valid == kept
         kept_lengths.add(kept)
     assert len(kept_lengths) > 10  # the length varies: it is no fingerprint
 
@@ -140,7 +140,7 @@ def test_training_works_when_items_have_one_modality_only(one_modality_arrays: d
     model = build_fused_model(dataset_spec(), MediaConfig(), config.model)
     before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
     data = SnapshotDataModule(
-        train, one_modality_arrays["val"], dataset_spec(), list(NAMES), config.data
+        train, one_modality_arrays["val"], dataset_spec(), list(NAMES), config.data, MediaConfig()
     )
     losses = {}
     for name, module in (
@@ -175,7 +175,7 @@ def test_temperature_is_clamped_after_an_optimizer_step() -> None:
     with torch.no_grad():
         model.encoder.logit_scale.fill_(9.0)  # far above log(100) = 4.6
     arrays = random_arrays(spec, 32, MediaConfig(), seed=4)
-    data = SnapshotDataModule(arrays, arrays, spec, list(NAMES), config.data)
+    data = SnapshotDataModule(arrays, arrays, spec, list(NAMES), config.data, MediaConfig())
     trainer = pl.Trainer(
         max_steps=1,
         logger=False,

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from dualmedia.synthetic import dataset_spec
+from dualmedia.modalities import MediaConfig
+from synthetic import dataset_spec
+from synthetic.fixtures import random_arrays
 from training.config import REPO_CONFIGS, load_train_config
-from training.data import MultimodalDataset, collate
-from training.factory import build_fused_model
-from training.loss import ClipLoss
-from training.testing import random_arrays
+from training.data import MultimodalDataset, collate_with
+from training.models.factory import build_fused_model
+from training.models.loss import ClipLoss
 
 GLOBAL_BATCH = 12
 REPO = Path(__file__).resolve().parents[2]
@@ -26,12 +27,12 @@ REPO = Path(__file__).resolve().parents[2]
 SETUP = textwrap.dedent(
     f"""
     import torch
-    from dualmedia.media import MediaConfig
-    from dualmedia.synthetic import dataset_spec
+    from dualmedia.modalities import MediaConfig
+    from synthetic import dataset_spec
     from training.config import REPO_CONFIGS, load_train_config
-    from training.data import MultimodalDataset, collate
-    from training.factory import build_fused_model
-    from training.testing import random_arrays
+    from training.data import MultimodalDataset, collate_with
+    from training.models.factory import build_fused_model
+    from synthetic.fixtures import random_arrays
 
     def setup():
         torch.manual_seed(0)
@@ -47,13 +48,14 @@ WORKER = SETUP + textwrap.dedent(
     """
     import os, sys
     import torch.distributed as dist
-    from training.loss import ClipLoss
+    from training.models.loss import ClipLoss
 
     rank, world, init_file, out = int(sys.argv[1]), 2, sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     model, items = setup()
     per_rank = len(items) // world
+    collate = collate_with(MediaConfig(), model.modalities)
     batch = collate(items[rank * per_rank:(rank + 1) * per_rank])
     embeddings = model.encoder(batch)
     loss, pairs = ClipLoss()(embeddings, batch["present"], model.encoder.logit_scale)
@@ -73,7 +75,7 @@ def reference() -> tuple[torch.Tensor, list[str], dict[str, torch.Tensor]]:
     namespace: dict = {}
     exec(SETUP, namespace)
     model, items = namespace["setup"]()
-    batch = collate(items)
+    batch = collate_with(MediaConfig(), model.modalities)(items)
     embeddings = model.encoder(batch)
     loss, pairs = ClipLoss()(embeddings, batch["present"], model.encoder.logit_scale)
     loss.backward()
@@ -121,14 +123,14 @@ def test_without_gathering_each_rank_would_see_only_its_half() -> None:
     """The property above is not trivial: a local loss on half the batch differs."""
     torch.manual_seed(0)
     config = load_train_config(REPO_CONFIGS / "tiny.yaml").model
-    from dualmedia.media import MediaConfig
+    from dualmedia.modalities import MediaConfig
 
     model = build_fused_model(dataset_spec(), MediaConfig(), config)
     arrays = random_arrays(dataset_spec(), GLOBAL_BATCH, MediaConfig(), 0.3, seed=1)
     items = [MultimodalDataset(arrays, model.modalities)[i] for i in range(len(arrays))]
     with torch.no_grad():
-        full = collate(items)
-        half = collate(items[: GLOBAL_BATCH // 2])
+        full = collate_with(MediaConfig(), model.modalities)(items)
+        half = collate_with(MediaConfig(), model.modalities)(items[: GLOBAL_BATCH // 2])
         scale = model.encoder.logit_scale
         whole, _ = ClipLoss()(model.encoder(full), full["present"], scale)
         local, _ = ClipLoss()(model.encoder(half), half["present"], scale)

@@ -15,14 +15,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dualmedia.media import MediaConfig, decode_audio, log_mel
-from dualmedia.synthetic import dataset_spec
+from dualmedia import modalities
+from dualmedia.modalities import MediaConfig
+from dualmedia.modalities.audio import log_mel
+from synthetic import dataset_spec
+from synthetic.fixtures import random_arrays
 from training.config import REPO_CONFIGS, EvalConfig, load_train_config
 from training.evaluate import class_prompt_embeddings, evaluate_arrays, flat_metrics
-from training.factory import build_fused_model
 from training.metrics import classification_scores, retrieval_recall
-from training.pyfunc import frame_to_batch, input_example, model_signature, predict_frame
-from training.testing import random_arrays
+from training.models.factory import build_fused_model
+from training.models.pyfunc import (
+    encode_input,
+    frame_items,
+    input_example,
+    model_signature,
+    predict_frame,
+)
 
 MEDIA = MediaConfig()
 
@@ -61,9 +69,9 @@ def model() -> torch.nn.Module:
 
 def test_zero_shot_prompts_are_built_from_the_schema(model, monkeypatch) -> None:
     seen: list[list[str]] = []
-    original = model.encoder.encode_texts
+    original = model.encoder.encode_prompts
     monkeypatch.setattr(
-        model.encoder, "encode_texts", lambda texts: seen.append(texts) or original(texts)
+        model.encoder, "encode_prompts", lambda texts: seen.append(texts) or original(texts)
     )
     embeddings = class_prompt_embeddings(model, "colour", ["red", "blue"], ["{label}: {cls}"])
     assert seen == [["colour: red"], ["colour: blue"]]
@@ -110,36 +118,36 @@ def _wav(seconds: float = 1.0, rate: int = 22050) -> bytes:
     return buffer.getvalue()
 
 
-def test_requests_decode_like_the_media_pipeline_and_name_bad_cells() -> None:
+def test_requests_decode_like_the_media_pipeline_and_name_bad_cells(model) -> None:
     pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     wav = _wav()
     frame = pd.DataFrame(
         [
             {"text": "great mug", "image": _png(pixels), "audio": base64.b64encode(wav).decode()},
-            {"text": None, "image_pixels": base64.b64encode(pixels.tobytes()).decode()},
+            {"text": None, "image_input": encode_input(pixels)},
         ]
     )
-    batch = frame_to_batch(frame, MEDIA, ["text", "image", "audio"])
-    assert batch["present"]["text"].tolist() == [True, False]
-    assert batch["present"]["audio"].tolist() == [True, False]
-    assert torch.equal(batch["image"][0], torch.from_numpy(pixels))
-    assert torch.equal(batch["image"][1], torch.from_numpy(pixels))
-    expected = log_mel(decode_audio(wav), MEDIA)[0]
-    assert np.allclose(batch["audio"][0].numpy(), expected)
+    items = frame_items(frame, model)
+    assert [sorted(i) for i in items] == [["audio", "image", "text"], ["image"]]
+    assert np.array_equal(items[0]["image"], pixels)
+    assert np.array_equal(items[1]["image"], pixels)
+    decoded = modalities.get("audio").decode(wav, model.bounds.audio)
+    expected = log_mel(decoded, MEDIA.audio)[0]
+    assert np.allclose(items[0]["audio"]["logmel"], expected)
 
     broken = pd.DataFrame([{"text": "ok"}, {"image": base64.b64encode(b"not an image").decode()}])
-    with pytest.raises(ValueError, match=r"row 1: .*not a decodable"):
-        frame_to_batch(broken, MEDIA, ["text", "image", "audio"])
+    with pytest.raises(ValueError, match=r"row 1: image: .*not a decodable"):
+        frame_items(broken, model)
     with pytest.raises(ValueError, match="row 0: no modality"):
-        frame_to_batch(pd.DataFrame([{"text": None}]), MEDIA, ["text", "image"])
+        frame_items(pd.DataFrame([{"text": None}]), model)
     with pytest.raises(ValueError, match="unknown input columns"):
-        frame_to_batch(pd.DataFrame([{"txt": "typo"}]), MEDIA, ["text"])
+        frame_items(pd.DataFrame([{"txt": "typo"}]), model)
 
 
 def test_predictions_name_classes_gates_driver_and_per_modality_guesses(model) -> None:
     arrays = random_arrays(dataset_spec(), 3, MEDIA, missing_rate=0.0, seed=2)
     frame = input_example(arrays, n=3)
-    frame.loc[1, "image"] = None  # the second item has no photo
+    frame.loc[1, "image_input"] = None  # the second item has no photo
     out = predict_frame(model, frame)
     assert len(out) == 3
     assert set(out["sentiment"]) <= {"negative", "neutral", "positive"}

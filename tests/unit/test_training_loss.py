@@ -15,7 +15,7 @@ from training.lit import (
     no_weight_decay,
     param_groups,
 )
-from training.loss import ClipLoss, symmetric_clip_loss
+from training.models.loss import ClipLoss, symmetric_clip_loss
 
 
 def unit_rows(n: int, dim: int = 16, seed: int = 0) -> torch.Tensor:

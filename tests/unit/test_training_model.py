@@ -11,20 +11,22 @@ from safetensors.torch import load_file
 from transformers import ViTConfig, ViTModel
 
 from dualmedia.contract import BinaryLabel, CategoricalLabel, DatasetSpec, Modality
-from dualmedia.media import MediaConfig
-from dualmedia.synthetic import dataset_spec
-from training.config import REPO_CONFIGS, EncoderConfig, ModelConfig, load_train_config
-from training.data import MultimodalDataset, collate
-from training.factory import (
+from dualmedia.modalities import MediaConfig
+from dualmedia.modalities.image import ImageEncoder
+from synthetic import dataset_spec
+from synthetic.fixtures import random_arrays
+from training.config import REPO_CONFIGS, load_train_config
+from training.data import MultimodalDataset, collate_with
+from training.lit import label_loss
+from training.models.config import ModelConfig
+from training.models.factory import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     build_fused_model,
     load_fused_model_dir,
     save_fused_model,
 )
-from training.fusion import FusionHead
-from training.lit import label_loss
-from training.testing import random_arrays
+from training.models.fusion import FusionHead
 
 MEDIA = MediaConfig()
 
@@ -36,7 +38,7 @@ def tiny_model_config() -> ModelConfig:
 def batch_of(spec: DatasetSpec, n: int = 6, seed: int = 0, missing: float = 0.3) -> dict:
     arrays = random_arrays(spec, n, MEDIA, missing_rate=missing, seed=seed)
     names = [m.value for m in spec.modalities]
-    return collate([MultimodalDataset(arrays, names)[i] for i in range(n)])
+    return collate_with(MEDIA, names)([MultimodalDataset(arrays, names)[i] for i in range(n)])
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_an_encoder_loads_a_local_pretrained_checkpoint(tmp_path: Path) -> None:
     )
     saved.save_pretrained(tmp_path / "tiny-vit")
     config = tiny_model_config()
-    config.encoders.image = EncoderConfig(pretrained=str(tmp_path / "tiny-vit"), trainable_layers=0)
+    config.encoders.image = ImageEncoder(pretrained=str(tmp_path / "tiny-vit"), trainable_layers=0)
     spec = DatasetSpec(name="img", modalities=[Modality.IMAGE], labels={})
     built = build_fused_model(spec, MEDIA, config)
     loaded = built.encoder.trunk("image").model
@@ -122,7 +124,7 @@ def test_an_encoder_loads_a_local_pretrained_checkpoint(tmp_path: Path) -> None:
 
 def test_a_missing_pretrained_source_fails_clearly() -> None:
     config = tiny_model_config()
-    config.encoders.image = EncoderConfig(pretrained="/nonexistent/checkpoint", trainable_layers=0)
+    config.encoders.image = ImageEncoder(pretrained="/nonexistent/checkpoint", trainable_layers=0)
     spec = DatasetSpec(name="img", modalities=[Modality.IMAGE], labels={})
     with pytest.raises(ValueError, match="image encoder: cannot load pretrained"):
         build_fused_model(spec, MEDIA, config)
@@ -203,7 +205,8 @@ def test_saved_weights_are_safetensors_and_rebuild_the_same_model(model, tmp_pat
     assert "encoder.trunks.audio.norm_mean" in weights
     description = json.loads((tmp_path / "saved" / CONFIG_FILE).read_text())
     assert description["labels"]["sentiment"] == ["negative", "neutral", "positive"]
-    assert description["media"]["image_size"] == MEDIA.image_size
+    assert description["media"]["image"]["size"] == MEDIA.image.size
+    assert description["bounds"]["audio"]["min_duration_s"] == model.bounds.audio.min_duration_s
     assert (tmp_path / "saved" / WEIGHTS_FILE).read_bytes()[:8] != b"\x80\x04\x95"  # not pickle
     rebuilt = load_fused_model_dir(tmp_path / "saved")
     batch = batch_of(dataset_spec(), seed=3)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import lfilter
 
-from dualmedia.synthetic.story import ItemStory, Speaker
+from synthetic.story import ItemStory, Speaker
 
 # Peak level a normal voice note never exceeds, so no sample sits at full scale.
 MAX_PEAK = 0.9

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.distributed import gather_no_grad, gather_with_grad
+from training.models.distributed import gather_no_grad, gather_with_grad
 
 
 def pair_name(a: str, b: str) -> str:

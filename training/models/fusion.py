@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dualmedia.contract import DatasetSpec
-from training.config import FusionConfig
+from training.models.config import FusionConfig
 
 
 def label_classes(spec: DatasetSpec) -> dict[str, list[str]]:

@@ -1,28 +1,27 @@
 """The aligned multimodal encoder: trunk + projection per modality, one shared space.
 
-Modules are kept in `nn.ModuleDict`s keyed by `Modality` value (ImageBind style), so adding
-a modality adds an entry, not a copy of the code. Every embedding is projected to
-`embed_dim` and L2-normalised; `logit_scale` is CLIP's learnable log temperature.
+Modules are kept in `nn.ModuleDict`s keyed by modality name (ImageBind style): the trunk
+of each comes from the modality registry, so adding a modality adds an entry, not a copy
+of the code. Every embedding is projected to `embed_dim` and L2-normalised; `logit_scale`
+is CLIP's learnable log temperature.
 
-A batch is a dict: "text" (list of str or None), "image" (uint8 [B, S, S, 3]), "audio"
-(float [B, n_mels, frames]) and "present" ({modality: bool [B]}); see training/data.py.
+A batch is keyed by modality: {"inputs": {m: collated input}, "present": {m: bool [B]}}
+(dualmedia/modalities/batch.py builds it).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dualmedia.contract import Modality
-from dualmedia.media import MediaConfig
-from training.config import ModelConfig
-from training.encoders import Trunk, build_trunk
-
-Batch = dict[str, Any]
+from dualmedia import modalities
+from dualmedia.modalities import MediaConfig
+from dualmedia.modalities.batch import Batch
+from dualmedia.modalities.trunks.base import Trunk
+from training.models.config import ModelConfig
 
 
 def _projection(kind: str, hidden: int, embed_dim: int) -> nn.Module:
@@ -32,13 +31,13 @@ def _projection(kind: str, hidden: int, embed_dim: int) -> nn.Module:
 
 
 class MultimodalEncoder(nn.Module):
-    def __init__(self, modalities: list[Modality], config: ModelConfig, media: MediaConfig) -> None:
+    def __init__(self, names: list[str], config: ModelConfig, media: MediaConfig) -> None:
         super().__init__()
-        self.modalities = [m.value for m in Modality if m in modalities]  # canonical order
+        self.modalities = modalities.ordered(names)  # canonical order
         self.embed_dim = config.embed_dim
         self.trunks = nn.ModuleDict(
             {
-                m: build_trunk(Modality(m), config.encoders.for_modality(m), media)
+                m: modalities.get(m).build_trunk(config.encoders.for_modality(m), media)
                 for m in self.modalities
             }
         )
@@ -53,28 +52,23 @@ class MultimodalEncoder(nn.Module):
     def trunk(self, modality: str) -> Trunk:
         return self.trunks[modality]  # type: ignore[return-value]
 
-    def _select(self, modality: str, batch: Batch, rows: torch.Tensor) -> Any:
-        if modality == Modality.TEXT:
-            texts = batch["text"]
-            return [texts[i] if texts[i] is not None else "" for i in rows.tolist()]
-        return batch[modality][rows]
-
     def encode(self, modality: str, batch: Batch, present: torch.Tensor) -> torch.Tensor:
         """L2-normalised [B, D] embeddings of one modality; zero rows where it is missing."""
+        spec = modalities.get(modality)
+        inputs = batch["inputs"][modality]
         rows = present.nonzero(as_tuple=True)[0]
         out = torch.zeros(len(present), self.embed_dim, device=present.device)
         if len(rows) == 0:
             if self.training and len(present) > 0:
                 # Under DDP every rank must use every trainable parameter in each step; a
                 # batch without this modality still runs one row through it, weighted 0.
+                first = torch.zeros(1, dtype=torch.long)
                 dummy = self.projections[modality](
-                    self.trunks[modality](
-                        self._select(modality, batch, torch.zeros(1, dtype=torch.long))
-                    )
+                    self.trunks[modality](spec.select(inputs, first))
                 )
                 out = out + 0.0 * dummy.sum()
             return out
-        pooled = self.trunks[modality](self._select(modality, batch, rows.cpu()))
+        pooled = self.trunks[modality](spec.select(inputs, rows.cpu()))
         embedded = F.normalize(self.projections[modality](pooled).float(), dim=-1)
         return out.index_put((rows,), embedded)
 
@@ -82,11 +76,19 @@ class MultimodalEncoder(nn.Module):
         present = batch["present"]
         return {m: self.encode(m, batch, present[m]) for m in self.modalities}
 
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Embeddings of free texts (zero-shot prompts, text queries)."""
+    @property
+    def prompt_modality(self) -> str | None:
+        """The modality that embeds zero-shot prompts (text), if this model has it."""
+        return next((m for m in self.modalities if modalities.get(m).encodes_prompts), None)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Embeddings of free prompts (zero-shot class prompts, text queries)."""
+        modality = self.prompt_modality
+        if modality is None:
+            raise ValueError(f"this model has no modality that embeds prompts ({self.modalities})")
         device = self.logit_scale.device
-        present = torch.ones(len(texts), dtype=torch.bool, device=device)
-        return self.encode(Modality.TEXT.value, {"text": texts}, present)
+        present = torch.ones(len(prompts), dtype=torch.bool, device=device)
+        return self.encode(modality, {"inputs": {modality: prompts}}, present)
 
     def clamp_logit_scale(self) -> None:
         """OpenCLIP: keep the temperature in [1, 100] (log scale [0, log 100])."""

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from dualmedia.synthetic.story import ItemStory
+from synthetic.story import ItemStory
 
 PRODUCT_NOUNS = {
     "mug": ("mug", "coffee mug", "ceramic mug", "cup"),

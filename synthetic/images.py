@@ -14,7 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dualmedia.synthetic.story import COLOURS, ItemStory
+from synthetic.story import COLOURS, ItemStory
 
 IMAGE_SIZE = 96
 _SCALE = 2  # supersampling factor

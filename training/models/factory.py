@@ -21,14 +21,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dualmedia.contract import DatasetSpec
-from dualmedia.media import MediaConfig
-from training.config import ModelConfig
-from training.fusion import FusionHead, label_classes
-from training.model import Batch, MultimodalEncoder
+from dualmedia.modalities import MediaBounds, MediaConfig
+from training.models.config import ModelConfig
+from training.models.encoder import Batch, MultimodalEncoder
+from training.models.fusion import FusionHead, label_classes
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: media, bounds and encoders per modality (the registry)
 
 
 @dataclass
@@ -43,10 +43,19 @@ class FusedOutput:
 class FusedModel(nn.Module):
     """Aligned encoders + fusion head, built from the label schema and media config."""
 
-    def __init__(self, spec: DatasetSpec, media: MediaConfig, config: ModelConfig) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        media: MediaConfig,
+        config: ModelConfig,
+        bounds: MediaBounds | None = None,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.media = media
+        # What inputs this model accepts: the bounds its training snapshot was checked
+        # against, so serving refuses exactly what ingestion refused.
+        self.bounds = bounds if bounds is not None else spec.media_bounds()
         self.config = config
         self.classes = label_classes(spec)
         self.encoder = MultimodalEncoder(spec.modalities, config, media)
@@ -87,13 +96,16 @@ class FusedModel(nn.Module):
             "model": self.config.model_dump(mode="json"),
             "dataset_spec": self.spec.model_dump(mode="json"),
             "media": self.media.to_dict(),
+            "bounds": self.bounds.to_dict(),
             "modalities": self.modalities,
             "labels": self.classes,
         }
 
 
-def build_fused_model(spec: DatasetSpec, media: MediaConfig, config: ModelConfig) -> FusedModel:
-    return FusedModel(spec, media, config)
+def build_fused_model(
+    spec: DatasetSpec, media: MediaConfig, config: ModelConfig, bounds: MediaBounds | None = None
+) -> FusedModel:
+    return FusedModel(spec, media, config, bounds)
 
 
 def save_fused_model(model: FusedModel, folder: Path) -> dict[str, Path]:
@@ -114,6 +126,7 @@ def model_from_description(description: dict[str, Any]) -> FusedModel:
         DatasetSpec.model_validate(description["dataset_spec"]),
         MediaConfig.from_dict(description["media"]),
         ModelConfig.model_validate(description["model"]),
+        MediaBounds.from_dict(description.get("bounds")),
     )
 
 

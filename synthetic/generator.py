@@ -36,15 +36,15 @@ from dualmedia.contract import (
     Modality,
     RejectReason,
 )
-from dualmedia.synthetic.corruption import (
+from synthetic.corruption import (
     KEYED_BY_LINE,
     REJECT_CYCLE,
     ItemMedia,
     make_bad_record,
     manifest_line,
 )
-from dualmedia.synthetic.images import render_photo
-from dualmedia.synthetic.story import (
+from synthetic.images import render_photo
+from synthetic.story import (
     CATEGORIES,
     LABEL_CLASSES,
     SENTIMENTS,
@@ -54,8 +54,8 @@ from dualmedia.synthetic.story import (
     draw_story,
     item_rng,
 )
-from dualmedia.synthetic.texts import render_text
-from dualmedia.synthetic.voices import render_voice
+from synthetic.texts import render_text
+from synthetic.voices import render_voice
 
 DATASET_NAME = "customer-feedback"
 EXPECTED_REJECTS_FILE = "_expected_rejects.json"

@@ -15,36 +15,46 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 from PIL import Image
 
 from dualmedia.contract import RejectReason
-from dualmedia.synthetic.images import encode_image
-from dualmedia.synthetic.voices import wav_bytes
+from dualmedia.modalities import MediaBounds
+from dualmedia.modalities.image import PIL_FORMATS
+from synthetic.images import encode_image
+from synthetic.voices import wav_bytes
 
-# --- The bounds a record must respect (ingestion should use the same values). ---
-MAX_TEXT_CHARS = 5000  # text longer than this (in characters) is TEXT_TOO_LONG
-MIN_IMAGE_SIDE = 16  # pixels; an image with a smaller width or height is out of bounds
-MAX_IMAGE_SIDE = 4096  # pixels; an image with a larger width or height is out of bounds
-ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")  # what PIL must identify the file as
-MIN_AUDIO_SECONDS = 0.25  # shorter is AUDIO_TOO_SHORT
-MAX_AUDIO_SECONDS = 30.0  # longer is AUDIO_TOO_LONG
-SILENT_PEAK = 1e-3  # peak |sample| (full scale = 1.0) below this, i.e. under -60 dBFS: silent
-CLIP_LEVEL = 0.999  # |sample| at or above this share of full scale counts as clipped
-MAX_CLIPPED_FRACTION = 0.05  # more than this share of clipped samples is AUDIO_CLIPPED
+# --- The bounds a record must respect: the registry's defaults (what ingestion uses). ---
+_BOUNDS = MediaBounds()
+MAX_TEXT_CHARS = _BOUNDS.text.max_chars  # longer text (in characters) is TEXT_TOO_LONG
+MIN_IMAGE_SIDE = _BOUNDS.image.min_side  # pixels; a smaller width or height is out of bounds
+MAX_IMAGE_SIDE = _BOUNDS.image.max_side  # pixels; a larger width or height is out of bounds
+ALLOWED_IMAGE_FORMATS = PIL_FORMATS  # what PIL must identify the file as
+MIN_AUDIO_SECONDS = _BOUNDS.audio.min_duration_s  # shorter is AUDIO_TOO_SHORT
+MAX_AUDIO_SECONDS = _BOUNDS.audio.max_duration_s  # longer is AUDIO_TOO_LONG
+SILENT_PEAK = _BOUNDS.audio.silent_peak  # peak |sample| below this (-60 dBFS): silent
+CLIP_LEVEL = _BOUNDS.audio.clip_level  # |sample| at or above this counts as clipped
+MAX_CLIPPED_FRACTION = _BOUNDS.audio.max_clipped_fraction  # more clipped: AUDIO_CLIPPED
+MAX_LINE_BYTES = 1024 * 1024  # a longer manifest line is MANIFEST_LINE_TOO_LONG
 
 # Corrupt records cycle through this order, so any REJECT_CYCLE-long run of corrupt records in a
 # batch holds every kind.
 REJECT_CYCLE: tuple[RejectReason, ...] = tuple(RejectReason)
 # Kinds whose record has no usable id of its own: expected_rejects keys them "line:N".
 KEYED_BY_LINE = frozenset(
-    {RejectReason.MANIFEST_NOT_JSON, RejectReason.MISSING_ID, RejectReason.DUPLICATE_ID}
+    {
+        RejectReason.MANIFEST_NOT_JSON,
+        RejectReason.MISSING_ID,
+        RejectReason.DUPLICATE_ID,
+        RejectReason.MANIFEST_LINE_TOO_LONG,
+    }
 )
 
 IMAGE_REASONS = frozenset(r for r in RejectReason if r.value.startswith("image_"))
 AUDIO_REASONS = frozenset(r for r in RejectReason if r.value.startswith("audio_"))
 
 # Payload sizes, kept small so a corrupt-heavy batch stays light.
-_TOO_SHORT_SECONDS = 0.12
+_TOO_SHORT_SECONDS = MIN_AUDIO_SECONDS / 2
 _TOO_LONG_SECONDS = 31.0
 _TOO_LONG_RATE = 8000
 _CLIPPED_SHARE = 0.2  # share of samples pushed to full scale in a clipped note
@@ -193,13 +203,34 @@ def make_bad_record(
             if rng.random() < 0.5:  # a thumbnail too small to see anything
                 odd = media.photo().resize((4, 4), Image.Resampling.BILINEAR)
             else:  # a banner far too wide
-                ramp = np.linspace(0, 255, MAX_IMAGE_SIDE + 904, dtype=np.uint8)
+                ramp = np.linspace(0, 255, MAX_IMAGE_SIDE + 904, dtype=np.uint8)  # few KB
                 odd = Image.fromarray(np.repeat(np.stack([ramp] * 3, -1)[None], 24, axis=0))
             buffer = io.BytesIO()
             odd.save(buffer, format="PNG", compress_level=6)
             return BadRecord(
                 manifest_line({**base, "image": path}), {**files, path: buffer.getvalue()}
             )
+        case RejectReason.IMAGE_FORMAT_NOT_SUPPORTED:  # a real image, in a format not allowed
+            path = f"images/{media.item_id}.bmp"
+            buffer = io.BytesIO()
+            media.photo().convert("RGB").save(buffer, format="BMP")
+            return BadRecord(
+                manifest_line({**base, "image": path}), {**files, path: buffer.getvalue()}
+            )
+        case RejectReason.AUDIO_FORMAT_NOT_SUPPORTED:  # a real voice note, as AIFF
+            path = f"audio/{media.item_id}.aiff"
+            buffer = io.BytesIO()
+            voice = media.voice(media.audio_rate, media.audio_seconds)
+            sf.write(buffer, voice, media.audio_rate, format="AIFF")
+            return BadRecord(
+                manifest_line({**base, "audio": path}), {**files, path: buffer.getvalue()}
+            )
+        case RejectReason.MEDIA_BUCKET_NOT_ALLOWED:  # media named in another bucket
+            uri = f"s3://not-this-dataset/{media.image_path}"
+            return BadRecord(manifest_line({**base, "image": uri}), files)
+        case RejectReason.MANIFEST_LINE_TOO_LONG:
+            note = "x" * (MAX_LINE_BYTES + 1)
+            return BadRecord(manifest_line({**base, "note": note}), files)
         case RejectReason.AUDIO_MISSING:
             return BadRecord(manifest_line({**base, "audio": media.audio_path}), files)
         case RejectReason.AUDIO_UNDECODABLE:

@@ -3,7 +3,7 @@
 See docs/generator.md for the generative story, the knobs and the corrupt-record bounds.
 """
 
-from dualmedia.synthetic.generator import (
+from synthetic.generator import (
     DATASET_NAME,
     EXPECTED_REJECTS_FILE,
     GenerateSummary,

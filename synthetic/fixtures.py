@@ -1,5 +1,5 @@
 """Snapshots for tests and demos without ingestion: a local dataset folder in the contract
-layout (e.g. from `dualmedia.synthetic.generate_dataset`) turned into snapshot records.
+layout (e.g. from `synthetic.generate_dataset`) turned into snapshot records.
 
 It follows the snapshot format of `dualmedia.snapshot` (records Parquet with
 `record_schema`, `snapshot.json`, `dataset.yaml`, published with `ObjectStore.publish_dir`)
@@ -18,34 +18,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dualmedia.contract import (
-    DATASET_FILE,
-    MANIFEST_FILE,
-    DatasetSpec,
-    Modality,
-    load_dataset_spec,
-)
+from dualmedia import modalities
+from dualmedia.contract import DATASET_FILE, MANIFEST_FILE, DatasetSpec, load_dataset_spec
 from dualmedia.datasets import find_batches
-from dualmedia.media import (
-    MediaConfig,
-    audio_stats,
-    decode_audio,
-    decode_image,
-    image_stats,
-    image_to_model_input,
-    log_mel,
-)
+from dualmedia.modalities import MediaConfig
 from dualmedia.snapshot import (
-    STAT_COLUMNS,
     SnapshotArrays,
     SnapshotInfo,
     label_column,
     record_schema,
     snapshot_prefix,
+    stat_columns,
     table_to_arrays,
 )
 from dualmedia.storage import ObjectStore, S3Uri
-from dualmedia.synthetic import GeneratorKnobs, generate_dataset
+from synthetic import GeneratorKnobs, generate_dataset
 
 RECORDS_FILE = "records/part-00000.parquet"
 
@@ -59,30 +46,22 @@ def split_for(item_id: str, train: float = 0.7, val: float = 0.15) -> str:
 def _record_row(
     record: dict[str, Any], batch_dir: Path, batch: str, spec: DatasetSpec, media: MediaConfig
 ) -> dict[str, Any]:
-    row: dict[str, Any] = {c: None for c in STAT_COLUMNS}
-    text = record.get("text")
+    row: dict[str, Any] = {c: None for c in stat_columns(spec)}
     row.update(
         id=record["id"],
         batch=batch,
         split=record.get("split") or split_for(record["id"]),
         created_at=record.get("created_at"),
-        text=text,
-        image=None,
-        audio=None,
-        audio_valid_frames=None,
     )
-    if text is not None:
-        row["text_length"] = float(len(text))
-    if record.get("image"):
-        decoded = decode_image((batch_dir / record["image"]).read_bytes())
-        row["image"] = image_to_model_input(decoded, media).tobytes()
-        row.update(image_stats(decoded))
-    if record.get("audio"):
-        decoded_audio = decode_audio((batch_dir / record["audio"]).read_bytes())
-        spec_, valid = log_mel(decoded_audio, media)
-        row["audio"] = spec_.astype(np.float16).tobytes()
-        row["audio_valid_frames"] = valid
-        row.update({k: v for k, v in audio_stats(decoded_audio).items() if k in STAT_COLUMNS})
+    bounds = spec.media_bounds()
+    for m in modalities.specs(spec.modalities):
+        value = record.get(m.name)
+        if not value:
+            continue
+        raw = value if m.inline else (batch_dir / value).read_bytes()
+        decoded = m.decode(raw, bounds.section(m.name))
+        row.update(m.to_record(m.preprocess(decoded, media)))
+        row.update(m.stats(decoded))
     labels = record.get("labels") or {}
     for name in spec.labels:
         value = labels.get(name)
@@ -182,28 +161,16 @@ def random_arrays(
     each modality missing with `missing_rate`, at least one kept per item."""
     media = media or MediaConfig()
     rng = np.random.default_rng(seed)
-    names = [m.value for m in spec.modalities]
+    names = modalities.ordered(spec.modalities)
     present = rng.random((n, len(names))) >= missing_rate
     present[~present.any(axis=1), 0] = True
-    words = ("great", "broken", "fine", "lamp", "mug", "late", "love", "meh")
     labels = {}
     for name, label in spec.labels.items():
         values = rng.integers(0, len(label.classes), n)
         values[rng.random(n) < 0.1] = -1  # some labels missing
         labels[name] = values.astype(np.int64)
-    full = {m.value: np.zeros(n, dtype=bool) for m in Modality}
-    full.update({m: present[:, i] for i, m in enumerate(names)})
-    texts = [" ".join(rng.choice(words, 4)) if full["text"][i] else None for i in range(n)]
-    image = rng.integers(0, 256, (n, media.image_size, media.image_size, 3), dtype=np.uint8)
-    audio = rng.normal(-6.0, 3.0, (n, media.n_mels, media.audio_frames)).astype(np.float32)
-    image[~full["image"]] = 0
-    audio[~full["audio"]] = np.log(1e-6)
-    return SnapshotArrays(
-        ids=[f"item-{i:04d}" for i in range(n)],
-        text=texts,
-        image=image,
-        audio=audio,
-        audio_valid_frames=np.where(full["audio"], media.audio_frames, 0).astype(np.int64),
-        present={Modality(m): v for m, v in full.items()},
-        labels=labels,
-    )
+    inputs = {
+        m: [modalities.get(m).random_input(media, rng) if present[i, j] else None for i in range(n)]
+        for j, m in enumerate(names)
+    }
+    return SnapshotArrays(ids=[f"item-{i:04d}" for i in range(n)], inputs=inputs, labels=labels)

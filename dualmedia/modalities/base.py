@@ -1,0 +1,160 @@
+"""What a modality is to the platform: one `ModalitySpec` subclass per modality.
+
+Every stage asks the registry (`dualmedia.modalities`) for a modality's spec and calls
+these methods; none of them names a modality. A spec says, for its modality:
+
+- the contract: manifest field (= its name), accepted formats, rejection reasons, whether
+  the manifest holds the value inline (text) or a path to a media object (everything else);
+- decoding and bounds (`Bounds`, checked from the header before decoding where possible),
+  the one implementation that ingestion and serving both call;
+- preprocessing to model input (`Preprocess`), the snapshot columns that store it, and how
+  a batch stacks it with its padding and presence mask;
+- raw-field statistics for data-quality monitoring and the GX expectations on them;
+- the trunk (`Encoder` config section and builder) and the Feast field.
+
+Items travel as "model inputs": a dict of numpy arrays (or a str for inline text) for one
+item, None where the item lacks the modality.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MediaError(ValueError):
+    """A media value cannot be used; `reason` is a rejection reason of the contract."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Section(BaseModel):
+    """A per-modality configuration section (strict: a typo is an error, not a default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EncoderConfig(BaseModel):
+    """Fields every trunk has: a checkpoint (`pretrained`) or a small transformer from
+    scratch. Modalities subclass it with their own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    pretrained: str | None = Field(
+        default=None,
+        description="local folder, hub id (needs a local cache) or pkg:<module>; None = scratch",
+    )
+    # None: every layer trains; 0: frozen; N: only the last N transformer layers train.
+    trainable_layers: int | None = None
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.0
+
+
+class ModalitySpec(ABC):
+    """One modality. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    order: ClassVar[int]  # canonical position (batches, fusion tokens, reports)
+    # Zero-shot classification embeds text prompts with the modality that sets this.
+    encodes_prompts: ClassVar[bool] = False
+    # Manifest value: True = the value itself (text), False = a path/URI to fetch.
+    inline: ClassVar[bool] = False
+    formats: ClassVar[tuple[str, ...]] = ()  # accepted containers, for docs and errors
+    reasons: ClassVar[tuple[str, ...]] = ()  # rejection reasons of this modality
+    too_large_reason: ClassVar[str] = ""  # a media file over `max_bytes`
+    # Snapshot statistics (float columns) and which one is null when the modality is absent
+    # (the GX suite's missing-rate check reads it).
+    stat_columns: ClassVar[tuple[str, ...]] = ()
+    presence_column: ClassVar[str]
+    # The statistics the drift monitor compares (default: all of stat_columns).
+    monitored_columns: ClassVar[tuple[str, ...] | None] = None
+    Bounds: ClassVar[type[Section]]
+    Preprocess: ClassVar[type[Section]]
+    Encoder: ClassVar[type[EncoderConfig]]
+
+    # ---- contract ------------------------------------------------------------------------
+    @property
+    def feast_view(self) -> str:
+        """The Feast feature view (and feature) holding this modality's embeddings."""
+        return f"{self.name}_embedding"
+
+    @property
+    def has_column(self) -> str:
+        """Monitoring's boolean column: does the item have this modality."""
+        return f"has_{self.name}"
+
+    @property
+    def monitored(self) -> tuple[str, ...]:
+        return self.stat_columns if self.monitored_columns is None else self.monitored_columns
+
+    def max_bytes(self, bounds: Any) -> int | None:
+        """The largest media file accepted (fetches stop there); None for inline values."""
+        return getattr(bounds, "max_bytes", None)
+
+    def default_encoder(self) -> EncoderConfig:
+        return self.Encoder()
+
+    # ---- decoding and bounds --------------------------------------------------------------
+    @abstractmethod
+    def decode(self, value: Any, bounds: Any) -> Any:
+        """Decode a manifest/request value (bytes of a file, or the inline value) into the
+        modality's decoded form, enforcing `bounds` (header first); MediaError(reason)."""
+
+    @abstractmethod
+    def stats(self, decoded: Any) -> dict[str, float]:
+        """Raw-field statistics of a decoded value (keys: `stat_columns`)."""
+
+    # ---- model input ----------------------------------------------------------------------
+    @abstractmethod
+    def preprocess(self, decoded: Any, media: Any) -> Any:
+        """The model input of one item, exactly as snapshots store it."""
+
+    @abstractmethod
+    def record_fields(self) -> list[tuple[str, str]]:
+        """Snapshot columns holding the model input: (column, arrow type name)."""
+
+    @abstractmethod
+    def to_record(self, item: Any) -> dict[str, Any]:
+        """Model input -> snapshot column values."""
+
+    @abstractmethod
+    def from_record(self, row: dict[str, Any], media: Any) -> Any:
+        """Snapshot column values -> model input (None when the item lacks the modality)."""
+
+    @abstractmethod
+    def collate(self, items: list[Any], media: Any) -> Any:
+        """Stack one batch's model inputs (None where absent, padded) into the trunk's input."""
+
+    @abstractmethod
+    def select(self, batch_input: Any, rows: Any) -> Any:
+        """The rows `rows` (a LongTensor) of a collated input."""
+
+    def augment(self, item: Any, rng: np.random.Generator, config: Any = None) -> Any:
+        """A training-time random variation of one model input (default: none)."""
+        return item
+
+    # ---- monitoring and validation ----------------------------------------------------------
+    def expectations(self, bounds: Any) -> list[tuple[str, dict[str, Any]]]:
+        """GX expectations specific to this modality: (expectation class name, kwargs)."""
+        return []
+
+    # ---- model --------------------------------------------------------------------------------
+    @abstractmethod
+    def build_trunk(self, config: EncoderConfig, media: Any) -> Any:
+        """The trunk (a torch module mapping `collate`'s output to [B, hidden] floats)."""
+
+    # ---- synthetic data ---------------------------------------------------------------------
+    @abstractmethod
+    def random_input(self, media: Any, rng: np.random.Generator) -> Any:
+        """A noise model input (unit tests and benchmarks: the right shape, no meaning)."""
+
+    def preview(self, item: Any) -> tuple[str, Any]:
+        """How a figure shows one item: ("image", HxWx3 or HxW array) or ("text", str)."""
+        return ("text", "")

@@ -1,0 +1,195 @@
+"""Images: JPEG/PNG/WebP files (checked by content), any size within the bounds; the
+model input is a fixed-size RGB uint8 array (aspect kept, centre crop)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from pydantic import Field
+
+from dualmedia.modalities.base import EncoderConfig, MediaError, ModalitySpec, Section
+
+# Truncated images must fail loudly, never decode half-grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+DecompressionBombWarning = Image.DecompressionBombWarning
+PIL_FORMATS = ("JPEG", "PNG", "WEBP")
+
+
+class ImageBounds(Section):
+    # Real scans and thumbnails are small: 8 x 8 digits are real data.
+    min_side: int = Field(8, ge=1)
+    max_side: int = Field(8192, ge=1)
+    # Checked from the header before any pixel is decoded (a 9000 x 9000 PNG of a few
+    # hundred KB would otherwise take a GB and seconds).
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1)
+
+
+class ImagePreprocess(Section):
+    size: int = Field(64, ge=8, description="model input: size x size RGB")
+
+
+class ImageEncoder(EncoderConfig):
+    patch_size: int = 8
+    dropout: float = 0.1
+
+
+class DecodedImage:
+    def __init__(self, pixels: np.ndarray, width: int, height: int) -> None:
+        self.pixels = pixels  # H x W x 3 uint8, original size
+        self.width = width
+        self.height = height
+
+
+class ImageSpec(ModalitySpec):
+    name = "image"
+    order = 1
+    formats = ("JPEG", "PNG", "WebP")
+    reasons = (
+        "image_missing",
+        "image_undecodable",
+        "image_truncated",
+        "image_empty",
+        "image_format_not_supported",
+        "image_size_out_of_bounds",
+    )
+    too_large_reason = "image_size_out_of_bounds"
+    stat_columns = ("image_width", "image_height", "image_brightness", "image_saturation")
+    presence_column = "image_width"
+    monitored_columns = ("image_brightness", "image_width", "image_height")
+    Bounds = ImageBounds
+    Preprocess = ImagePreprocess
+    Encoder = ImageEncoder
+
+    def decode(self, value: Any, bounds: ImageBounds) -> DecodedImage:
+        data = bytes(value)
+        if len(data) == 0:
+            raise MediaError("image_empty", "image file is empty (0 bytes)")
+        if len(data) > bounds.max_bytes:
+            raise MediaError(
+                self.too_large_reason,
+                f"image file is {len(data)} bytes; the bound is {bounds.max_bytes}",
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))  # reads the header only
+                if img.format not in PIL_FORMATS:
+                    raise MediaError(
+                        "image_format_not_supported",
+                        f"image is {img.format or 'an unknown format'}; accepted: JPEG, PNG, WebP",
+                    )
+                width, height = img.size
+                self._check_size(width, height, bounds)
+                img.load()
+        except MediaError:
+            raise
+        except (
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+        ):
+            raise MediaError("image_undecodable", "not a decodable JPEG/PNG/WebP image") from None
+        except (OSError, SyntaxError, ValueError, MemoryError) as exc:
+            text = str(exc).lower()
+            if "truncated" in text or "broken data stream" in text or "end of file" in text:
+                raise MediaError("image_truncated", f"image data is truncated ({exc})") from None
+            raise MediaError("image_undecodable", f"image cannot be decoded ({exc})") from None
+        img = ImageOps.exif_transpose(img).convert("RGB")
+        return DecodedImage(np.asarray(img, dtype=np.uint8), img.width, img.height)
+
+    @staticmethod
+    def _check_size(width: int, height: int, bounds: ImageBounds) -> None:
+        lo, hi = bounds.min_side, bounds.max_side
+        if not (lo <= width <= hi and lo <= height <= hi):
+            raise MediaError(
+                "image_size_out_of_bounds",
+                f"image is {width}x{height} px; each side must be within {lo}..{hi}",
+            )
+        if width * height > bounds.max_pixels:
+            raise MediaError(
+                "image_size_out_of_bounds",
+                f"image is {width}x{height} = {width * height} px; "
+                f"the bound is {bounds.max_pixels} px",
+            )
+
+    def stats(self, decoded: DecodedImage) -> dict[str, float]:
+        px = decoded.pixels.astype(np.float32)
+        return {
+            "image_width": float(decoded.width),
+            "image_height": float(decoded.height),
+            "image_brightness": float(px.mean() / 255.0),
+            "image_saturation": float((px.max(axis=2) - px.min(axis=2)).mean() / 255.0),
+        }
+
+    def preprocess(self, decoded: DecodedImage, media: Any) -> np.ndarray:
+        size = media.image.size
+        img = ImageOps.fit(
+            Image.fromarray(decoded.pixels), (size, size), method=Image.Resampling.BILINEAR
+        )
+        return np.asarray(img, dtype=np.uint8)
+
+    def record_fields(self) -> list[tuple[str, str]]:
+        return [("image", "binary")]  # uint8 [size, size, 3]
+
+    def to_record(self, item: np.ndarray) -> dict[str, Any]:
+        return {"image": np.ascontiguousarray(item, dtype=np.uint8).tobytes()}
+
+    def from_record(self, row: dict[str, Any], media: Any) -> np.ndarray | None:
+        blob = row.get("image")
+        if blob is None:
+            return None
+        size = media.image.size
+        return np.frombuffer(blob, dtype=np.uint8).reshape(size, size, 3)
+
+    def collate(self, items: list[np.ndarray | None], media: Any) -> Any:
+        import torch
+
+        size = media.image.size
+        out = np.zeros((len(items), size, size, 3), dtype=np.uint8)
+        for i, item in enumerate(items):
+            if item is not None:
+                out[i] = np.asarray(item)
+        return torch.from_numpy(out)
+
+    def select(self, batch_input: Any, rows: Any) -> Any:
+        return batch_input[rows.to(batch_input.device)]
+
+    def augment(self, item: np.ndarray, rng: np.random.Generator, config: Any = None) -> np.ndarray:
+        """A random small translation, and a horizontal flip unless the data forbids it
+        (`flip: false`: scans, digits and text lose their meaning when mirrored)."""
+        max_shift = 4
+        flip = True if config is None else bool(getattr(config, "flip", True))
+        out = np.asarray(item)
+        if flip and rng.random() < 0.5:
+            out = out[:, ::-1]
+        dy, dx = rng.integers(-max_shift, max_shift + 1, 2)
+        return np.ascontiguousarray(np.roll(out, shift=(int(dy), int(dx)), axis=(0, 1)))
+
+    def expectations(self, bounds: ImageBounds) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (
+                "ExpectColumnValuesToBeBetween",
+                {"column": col, "min_value": bounds.min_side, "max_value": bounds.max_side},
+            )
+            for col in ("image_width", "image_height")
+        ]
+
+    def build_trunk(self, config: ImageEncoder, media: Any) -> Any:
+        from dualmedia.modalities.trunks.image import ImageTrunk
+
+        return ImageTrunk(config, media)
+
+    def random_input(self, media: Any, rng: np.random.Generator) -> np.ndarray:
+        size = media.image.size
+        return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+    def preview(self, item: np.ndarray) -> tuple[str, Any]:
+        return ("image", item)
+
+
+SPEC = ImageSpec()

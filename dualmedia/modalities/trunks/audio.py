@@ -1,0 +1,73 @@
+"""The audio trunk: an AST-style patch transformer over the log-mel spectrogram
+(n_mels x frames)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import ASTConfig, ASTModel
+
+from dualmedia.modalities.audio import AudioEncoder
+from dualmedia.modalities.trunks.base import Trunk, load_pretrained
+
+
+class AudioTrunk(Trunk):
+    """An AST-style patch transformer over the log-mel spectrogram (n_mels x frames)."""
+
+    def __init__(self, config: AudioEncoder, media: Any) -> None:
+        super().__init__()
+        self.pretrained = config.pretrained
+        if config.pretrained is None:
+            self.model = ASTModel(
+                ASTConfig(
+                    num_mel_bins=media.audio.n_mels,
+                    max_length=media.audio.frames,
+                    patch_size=config.patch_size,
+                    frequency_stride=config.frequency_stride,
+                    time_stride=config.time_stride,
+                    hidden_size=config.hidden_size,
+                    num_hidden_layers=config.num_layers,
+                    num_attention_heads=config.num_heads,
+                    intermediate_size=config.hidden_size * config.mlp_ratio,
+                    hidden_dropout_prob=config.dropout,
+                    attention_probs_dropout_prob=config.dropout,
+                )
+            )
+        else:
+            self.model = load_pretrained(config.pretrained, "audio")
+        model_mels = int(getattr(self.model.config, "num_mel_bins", media.audio.n_mels))
+        if model_mels != media.audio.n_mels:
+            raise ValueError(
+                f"audio encoder {config.pretrained!r} expects {model_mels} mel bins, the "
+                f"snapshot has {media.audio.n_mels}"
+            )
+        self.max_length = int(getattr(self.model.config, "max_length", media.audio.frames))
+        self.hidden_size = int(self.model.config.hidden_size)
+        # Normalisation of the log-mel input, set from the training data before training
+        # (`set_normalisation`); buffers, so they travel with the weights to serving.
+        self.register_buffer("norm_mean", torch.tensor(0.0))
+        self.register_buffer("norm_std", torch.tensor(1.0))
+        self._set_trainable(config.trainable_layers)
+
+    def prepare(self, items: list) -> None:
+        """Mean and std of the log-mel values of real audio (padding frames excluded)."""
+        values = [x["logmel"][:, : max(int(x["valid_frames"]), 1)].ravel() for x in items]
+        if values:
+            flat = np.concatenate(values)
+            self.set_normalisation(float(flat.mean()), float(flat.std()))
+
+    def set_normalisation(self, mean: float, std: float) -> None:
+        self.norm_mean.fill_(mean)
+        self.norm_std.fill_(max(std, 1e-6))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = (inputs["logmel"].float() - self.norm_mean) / self.norm_std
+        x = x.transpose(1, 2)  # AST reads [B, time, mel]
+        frames = x.shape[1]
+        if frames < self.max_length:
+            x = F.pad(x, (0, 0, 0, self.max_length - frames), value=0.0)
+        x = x[:, : self.max_length]
+        return self.model(input_values=x).last_hidden_state.mean(dim=1)

@@ -1,0 +1,63 @@
+"""The image trunk: a ViT (from scratch on the snapshot's image size, or pretrained) over
+uint8 RGB images, mean-pooled tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import ViTConfig, ViTModel
+
+from dualmedia.modalities.image import ImageEncoder
+from dualmedia.modalities.trunks.base import Trunk, load_pretrained, resolve_pretrained
+
+
+class ImageTrunk(Trunk):
+    """A ViT (from scratch or pretrained) over uint8 RGB images, mean-pooled tokens."""
+
+    def __init__(self, config: ImageEncoder, media: Any) -> None:
+        super().__init__()
+        self.pretrained = config.pretrained
+        mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+        if config.pretrained is None:
+            self.model = ViTModel(
+                ViTConfig(
+                    image_size=media.image.size,
+                    patch_size=config.patch_size,
+                    num_channels=3,
+                    hidden_size=config.hidden_size,
+                    num_hidden_layers=config.num_layers,
+                    num_attention_heads=config.num_heads,
+                    intermediate_size=config.hidden_size * config.mlp_ratio,
+                    hidden_dropout_prob=config.dropout,
+                    attention_probs_dropout_prob=config.dropout,
+                ),
+                add_pooling_layer=False,
+            )
+        else:
+            self.model = load_pretrained(config.pretrained, "image")
+            mean, std = _image_normalisation(config.pretrained, mean, std)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.input_size = int(getattr(self.model.config, "image_size", media.image.size))
+        self.hidden_size = int(self.model.config.hidden_size)
+        self._set_trainable(config.trainable_layers)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float() / 255.0
+        if x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear")
+        x = (x - self.pixel_mean) / self.pixel_std
+        return self.model(pixel_values=x).last_hidden_state.mean(dim=1)
+
+
+def _image_normalisation(ref: str, mean: list[float], std: list[float]) -> tuple[list, list]:
+    """The checkpoint's own pixel normalisation when it ships a preprocessor config."""
+    path = Path(resolve_pretrained(ref)) / "preprocessor_config.json"
+    if path.is_file():
+        pre: dict[str, Any] = json.loads(path.read_text())
+        return list(pre.get("image_mean", mean)), list(pre.get("image_std", std))
+    return mean, std

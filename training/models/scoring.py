@@ -1,0 +1,138 @@
+"""The one scoring path: model inputs -> embeddings per modality, the fused embedding,
+fused predictions, gate weights and what each modality alone predicts.
+
+Evaluation, the feature-store publish, monitoring windows, the pyfunc model and the
+serving runtime all score through `score_items` / `score_arrays`, and decode predictions
+with `decode_predictions`, so the same item gets the same numbers everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dualmedia.modalities.batch import Batch, assemble_batch
+
+PROBABILITY_DIGITS = 6  # rounding of probabilities in answers and feature rows
+
+
+@dataclass
+class Fused:
+    """What the fusion head makes of given embeddings and presence masks."""
+
+    probabilities: dict[str, np.ndarray]  # label -> [N, C]
+    gates: np.ndarray  # [N, M], 0 where a modality is absent
+    unimodal: dict[str, dict[str, np.ndarray]]  # modality -> label -> [N, C] probabilities
+    fused: np.ndarray  # [N, D]: gate-weighted mean of the item's embeddings, L2-normalised
+
+    def predicted(self) -> dict[str, np.ndarray]:
+        """Class index per label, [N]."""
+        return {name: p.argmax(1) for name, p in self.probabilities.items()}
+
+    def unimodal_predicted(self) -> dict[str, dict[str, np.ndarray]]:
+        return {
+            m: {n: p.argmax(1) for n, p in labels.items()} for m, labels in self.unimodal.items()
+        }
+
+
+@dataclass
+class Scores(Fused):
+    ids: list[str]
+    embeddings: dict[str, np.ndarray]  # modality -> [N, D] float32, zero rows where absent
+    present: dict[str, np.ndarray]  # modality -> bool [N]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """A batch (nested dicts/lists of tensors) on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+@torch.inference_mode()
+def embed_batch(model: Any, batch: Batch) -> dict[str, torch.Tensor]:
+    device = next(model.parameters()).device
+    out = model.encoder(to_device(batch, device))
+    return {m: e.float().cpu() for m, e in out.items()}
+
+
+@torch.inference_mode()
+def fuse(model: Any, embeddings: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> Fused:
+    """Fusion of precomputed embeddings under any presence masks (ablations reuse the
+    embeddings: an encoder does not depend on the other modalities)."""
+    model.eval()
+    device = next(model.parameters()).device
+    emb = {m: torch.as_tensor(embeddings[m], device=device) for m in model.modalities}
+    mask = {m: torch.as_tensor(present[m], device=device) for m in model.modalities}
+    out = model.fusion(emb, mask)
+    gates = out.gates.float()
+    stacked = torch.stack([emb[m] for m in model.modalities], dim=1)  # N x M x D
+    weights = gates * torch.stack([mask[m] for m in model.modalities], dim=1).float()
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-9)
+    fused = torch.nn.functional.normalize((stacked * weights.unsqueeze(-1)).sum(dim=1), dim=1)
+    return Fused(
+        probabilities={n: torch.softmax(v.float(), 1).cpu().numpy() for n, v in out.logits.items()},
+        gates=gates.cpu().numpy(),
+        unimodal={
+            m: {n: torch.softmax(v.float(), 1).cpu().numpy() for n, v in labels.items()}
+            for m, labels in out.unimodal.items()
+        },
+        fused=fused.cpu().numpy().astype(np.float32),
+    )
+
+
+def score_items(
+    model: Any,
+    items: Sequence[Mapping[str, Any]],
+    ids: Sequence[str] | None = None,
+    batch_size: int = 128,
+) -> Scores:
+    """Score items given as model inputs (modality -> input or None), in chunks."""
+    model.eval()
+    ids = [str(i) for i in (ids if ids is not None else range(len(items)))]
+    chunks: list[dict[str, torch.Tensor]] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        chunks.append(embed_batch(model, assemble_batch(chunk, model.modalities, model.media)))
+    dim = model.encoder.embed_dim
+    embeddings = {
+        m: (torch.cat([c[m] for c in chunks]) if chunks else torch.zeros(0, dim)).numpy()
+        for m in model.modalities
+    }
+    present = {
+        m: np.array([item.get(m) is not None for item in items], dtype=bool)
+        for m in model.modalities
+    }
+    fused = fuse(model, embeddings, present)
+    return Scores(**vars(fused), ids=ids, embeddings=embeddings, present=present)
+
+
+def score_arrays(model: Any, arrays: Any, batch_size: int = 128) -> Scores:
+    """Score every item of SnapshotArrays."""
+    items = [arrays.item(i) for i in range(len(arrays))]
+    return score_items(model, items, arrays.ids, batch_size)
+
+
+def decode_predictions(
+    classes: dict[str, list[str]], probabilities: dict[str, np.ndarray], i: int
+) -> dict[str, dict[str, Any]]:
+    """Item i's prediction per label: its class and the rounded probabilities."""
+    out = {}
+    for name, names in classes.items():
+        p = probabilities[name][i]
+        out[name] = {
+            "class": names[int(p.argmax())],
+            "probabilities": {
+                c: round(float(v), PROBABILITY_DIGITS) for c, v in zip(names, p, strict=True)
+            },
+        }
+    return out
