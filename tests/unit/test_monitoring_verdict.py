@@ -11,7 +11,12 @@ from monitoring.window import _frame_from_rows
 
 
 def _window(
-    n: int, n_audio: int, shift: float, seed: int, n_predicted: int | None = None
+    n: int,
+    n_audio: int,
+    shift: float,
+    seed: int,
+    n_predicted: int | None = None,
+    audio_shift_dims: int = 0,
 ) -> Window:
     rng = np.random.default_rng(seed)
     n_predicted = n if n_predicted is None else n_predicted
@@ -29,13 +34,14 @@ def _window(
         for i in range(n)
     ]
 
-    def vectors(m: int) -> np.ndarray:
-        v = rng.normal(size=(m, 64)) + shift  # as wide as Evidently's PCA needs (>= 32)
+    def vectors(m: int, shifted_dims: int = 0) -> np.ndarray:
+        v = rng.normal(size=(m, 64)) + shift
+        v[:, :shifted_dims] += 1.0
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     embeddings = {"text": vectors(n)}
     if n_audio:
-        embeddings["audio"] = vectors(n_audio)
+        embeddings["audio"] = vectors(n_audio, audio_shift_dims)
     return Window(_frame_from_rows(rows), embeddings)
 
 
@@ -87,3 +93,16 @@ def test_a_window_without_predictions_is_reported_and_still_rendered() -> None:
     ]
     report = render(reference, current, config, verdict).dict()
     assert report["metrics"]  # raw fields and embeddings, no prediction column
+
+
+def test_drift_in_a_few_dims_of_one_modality_is_in_the_verdict() -> None:
+    # Only the voice notes moved, in 4 of 64 dims: the audio check says so, text does not.
+    for seed in (0, 1, 2):
+        reference = _window(400, n_audio=400, shift=0.0, seed=seed)
+        current = _window(400, n_audio=400, shift=0.0, seed=seed + 10, audio_shift_dims=4)
+        verdict = judge(reference, current, DriftConfig(min_window=50, seed=seed))
+        drifted = {r.name for r in verdict.results if r.drifted}
+        assert "embedding:audio" in drifted, verdict.to_dict()
+        assert "embedding:text" not in drifted, verdict.to_dict()
+        assert verdict.drifted
+        assert any(reason.startswith("embedding:audio drifted") for reason in verdict.reasons)
