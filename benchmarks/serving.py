@@ -338,7 +338,9 @@ class InProcessEndpoint(Endpoint):
             if time.perf_counter() >= stop_at:
                 break
             t0 = time.perf_counter()
-            request = self.parse(task, {"body": body}, self.runtime.media, self.catalogue)
+            request = self.parse(
+                task, {"body": body}, self.runtime.media, self.catalogue, self.runtime.bounds
+            )
             self.runtime.answer(task, [request])
             result.latencies.append(time.perf_counter() - t0)
         result.wall = time.perf_counter() - t_start

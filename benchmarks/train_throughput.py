@@ -129,7 +129,7 @@ def measure(folder: str, stage: str, cache: bool, loop: str, epochs: int) -> dic
     from synthetic import dataset_spec
     from synthetic.fixtures import arrays_from_folder
     from training.config import load_train_config
-    from training.data import MultimodalDataset, collate
+    from training.data import MultimodalDataset, collate_with
     from training.lit import AlignmentModule, FusionModule
     from training.models.factory import build_fused_model
 
@@ -145,7 +145,7 @@ def measure(folder: str, stage: str, cache: bool, loop: str, epochs: int) -> dic
         MultimodalDataset(arrays, model.modalities),
         batch_size=config.data.batch_size,
         shuffle=True,
-        collate_fn=collate,
+        collate_fn=collate_with(model.media, model.modalities),
     )
     module_type = AlignmentModule if stage == "alignment" else FusionModule
     module = module_type(model, config.alignment if stage == "alignment" else config.fusion)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, Param
 from airflow.sdk.exceptions import AirflowFailException
 
 from dualmedia.settings import get_settings
@@ -52,3 +52,58 @@ def no_retry_on_bad_data(fn: F) -> F:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+# The training DAG's run form (Airflow UI "Trigger" and the REST API's `conf`).
+TRAINING_PARAMS: dict[str, Any] = {
+    "dataset_uri": Param(
+        f"s3://{get_settings().raw_bucket}/customer-feedback",
+        type="string",
+        pattern="^s3://[^/]+/.+",
+        title="Dataset",
+        description="Dataset prefix in object storage (dataset.yaml + batch folders).",
+    ),
+    "train_config": Param(
+        get_settings().train_config,
+        type="string",
+        title="Training configuration",
+        description="A file of configs/train/ (without .yaml), e.g. default or tiny.",
+    ),
+    "epochs": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        maximum=500,
+        title="Epochs",
+        description="Epochs of each stage (alignment, fusion); empty = the configuration's.",
+    ),
+    "batch_size": Param(
+        None,
+        type=["null", "integer"],
+        minimum=2,
+        maximum=4096,
+        title="Batch size",
+        description="Training batch size; empty = the configuration's.",
+    ),
+    "fusion_type": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, "gated", "early", "late", "hybrid"],
+        title="Fusion",
+        description="Fusion model: gated (attention + gates), early, late or hybrid.",
+    ),
+    "promotion_margin": Param(
+        0.0,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Promotion margin",
+        description="How much the mean fusion macro-F1 must beat the champion's by.",
+    ),
+    "reason": Param(
+        {},
+        type="object",
+        title="Why this run",
+        description="Set by the drift monitor: scores and the report that triggered it.",
+    ),
+}

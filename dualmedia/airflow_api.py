@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -79,6 +80,14 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         path = f"dags/{dag_id}/dagRuns/{run_id}/taskInstances"
         return self.request("GET", path, params={"limit": 1000})["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
+        """A task's return value (its `return_value` XCom), decoded."""
+        value = self.request(
+            "GET",
+            f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
+        )["value"]
+        return json.loads(value) if isinstance(value, str) else value
 
     def run_url(self, dag_id: str, run_id: str) -> str:
         return f"{self.base}/dags/{dag_id}/runs/{run_id}"

@@ -26,6 +26,11 @@ console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty()
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+ModelNameOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="Registered model name (default: DUALMEDIA_MODEL_NAME)."),
+]
+VersionOpt = Annotated[str | None, typer.Option(help="Model version (default: the champion).")]
 
 
 def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], None]) -> None:

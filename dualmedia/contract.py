@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -138,10 +138,7 @@ class DatasetSpec(BaseModel):
         try:
             model.from_dict(value)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            )
-            raise ValueError(problems) from None
+            raise ValueError(validation_problems(exc)) from None
         return value
 
     def media_bounds(self, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
@@ -179,22 +176,44 @@ def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> d
     return {m: {**base.get(m, {}), **top.get(m, {})} for m in {*base, *top}}
 
 
-def parse_dataset_spec(text: str, where: str = DATASET_FILE) -> DatasetSpec:
-    """Parse `dataset.yaml` text; errors name `where` and the offending field."""
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as one line: `field.path: message; ...`."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_yaml_model(model: type[M], text: str, where: str, what: str) -> M:
+    """Parse YAML text into `model` (an empty file is all defaults); ContractError naming
+    `where`, what the file is, and the offending field. The one YAML loader of the
+    platform (dataset.yaml, training and ingestion configurations)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ContractError(f"{where}: not valid YAML: {exc}") from None
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ContractError(f"{where}: expected a mapping with name, modalities and labels")
+        raise ContractError(f"{where}: expected a mapping ({what}), got {type(raw).__name__}")
     try:
-        return DatasetSpec.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ContractError(f"{where}: invalid dataset spec: {problems}") from None
+        raise ContractError(f"{where}: invalid {what}: {validation_problems(exc)}") from None
+
+
+def read_yaml_model(model: type[M], path: str | Path, what: str) -> M:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ContractError(f"{path}: cannot read {what}: {exc}") from None
+    return parse_yaml_model(model, text, str(path), what)
+
+
+def parse_dataset_spec(text: str, where: str = DATASET_FILE) -> DatasetSpec:
+    """Parse `dataset.yaml` text; errors name `where` and the offending field."""
+    return parse_yaml_model(DatasetSpec, text, where, "dataset spec")
 
 
 def load_dataset_spec(folder: Path) -> DatasetSpec:

@@ -8,30 +8,22 @@ from typing import Annotated, Any
 
 import typer
 
-from dualmedia.console import JsonOpt, emit, out
+from dualmedia.console import JsonOpt, ModelNameOpt, VersionOpt, emit, out
 from dualmedia.settings import get_settings
 
 
 def publish_command(
-    model: Annotated[
-        str | None,
-        typer.Option("--model", help="Registered model (default: DUALMEDIA_MODEL_NAME)."),
-    ] = None,
-    version: Annotated[
-        str | None, typer.Option(help="Model version (default: the champion).")
-    ] = None,
+    model: ModelNameOpt = None,
+    version: VersionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Embed the version's snapshot, write the offline store, apply and materialise to
     the online store (Feast). Publishing a version again reuses what it wrote."""
     from feature_repo.publish import publish
-    from training.registry import champion_version
+    from training.registry import resolve_version
 
     settings = get_settings()
-    name = model or settings.model_name
-    version = version or champion_version(name, settings)
-    if version is None:
-        raise RuntimeError(f"{name}: no champion yet; give --version or run `dualmedia promote`")
+    name, version = resolve_version(model, version, settings)
     with contextlib.redirect_stdout(sys.stderr):
         result = publish(name, version, settings)
     emit(result, as_json, _print_publish)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from dualmedia.contract import DatasetSpec
+from dualmedia.contract import DatasetSpec, read_yaml_model
 
 
 class IngestConfig(BaseModel):
@@ -42,7 +41,7 @@ class IngestConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: Path) -> IngestConfig:
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+        return read_yaml_model(cls, path, "ingestion config")
 
     def media_bounds(self, spec: DatasetSpec) -> Any:
         """The bounds records are checked against: MediaBounds, one section per modality."""

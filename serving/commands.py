@@ -8,20 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
-from dualmedia.console import JsonOpt, emit, out
+from dualmedia.console import JsonOpt, ModelNameOpt, VersionOpt, emit, out
 from dualmedia.settings import get_settings
-
-ModelNameOpt = Annotated[
-    str | None,
-    typer.Option("--model", help="Registered model name (default: DUALMEDIA_MODEL_NAME)."),
-]
 
 
 def deploy_command(
     model: ModelNameOpt = None,
-    version: Annotated[
-        str | None, typer.Option(help="Model version to serve (default: the champion).")
-    ] = None,
+    version: VersionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the version's TorchServe archive and serve it on embed, search and insights.
@@ -31,13 +24,10 @@ def deploy_command(
     features published first (`dualmedia publish`): they are the search catalogue.
     """
     from serving.release import build_release, deploy_release
-    from training.registry import champion_version
+    from training.registry import resolve_version
 
     settings = get_settings()
-    name = model or settings.model_name
-    version = version or champion_version(name, settings)
-    if version is None:
-        raise RuntimeError(f"{name}: no champion yet; give --version or run `dualmedia promote`")
+    name, version = resolve_version(model, version, settings)
     with contextlib.redirect_stdout(sys.stderr):
         built = build_release(name, version, settings)
         result = deploy_release(name, version, settings)

@@ -53,7 +53,10 @@ class DualmediaHandler:
         for i, row in enumerate(data):
             context.set_response_content_type(i, "application/json")
             try:
-                valid.append((i, parse_request(self.task, row, self.runtime.media, catalogue)))
+                request = parse_request(
+                    self.task, row, self.runtime.media, catalogue, self.runtime.bounds
+                )
+                valid.append((i, request))
             except BadRequest as exc:
                 context.set_response_status(exc.status, _phrase(exc.status), i)
                 answers[i] = json.dumps(exc.to_dict())

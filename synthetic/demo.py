@@ -221,12 +221,7 @@ def drift_and_retrain(settings: Settings, facts: dict[str, Any]) -> str:
     console.print(f"    drift monitor run: {client.run_url(MONITOR_DAG, run['dag_run_id'])}")
     if follow_dag_run(client, MONITOR_DAG, run["dag_run_id"], timeout=900) != "success":
         raise RuntimeError("the drift monitor failed; see its task log in Airflow")
-    verdict = client.request(
-        "GET",
-        f"dags/{MONITOR_DAG}/dagRuns/{run['dag_run_id']}/taskInstances/judge_drift/"
-        "xcomEntries/return_value",
-    )["value"]
-    verdict = json.loads(verdict) if isinstance(verdict, str) else verdict
+    verdict = client.xcom(MONITOR_DAG, run["dag_run_id"], "judge_drift")
     facts["drift"] = verdict
     console.print(f"    verdict: {verdict['verdict']}: {'; '.join(verdict['reasons'])}")
     console.print(f"    report:  {verdict['report_uri']}")
@@ -236,12 +231,7 @@ def drift_and_retrain(settings: Settings, facts: dict[str, Any]) -> str:
     console.print(f"    retraining run: {trigger['url']}")
     state = follow_dag_run(client, TRAINING_DAG, trigger["dag_run_id"], timeout=3600)
     facts["retraining_run"] = trigger["url"]
-    gate = client.request(
-        "GET",
-        f"dags/{TRAINING_DAG}/dagRuns/{trigger['dag_run_id']}/taskInstances/gate/"
-        "xcomEntries/return_value",
-    )["value"]
-    gate = json.loads(gate) if isinstance(gate, str) else gate
+    gate = client.xcom(TRAINING_DAG, trigger["dag_run_id"], "gate")
     facts["gate"] = gate
     verdict_text = "promoted" if gate["promoted"] else "not promoted"
     return f"retraining {state}; gate: v{gate['challenger']} {verdict_text} ({gate['reason']})"

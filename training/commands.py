@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dualmedia.console import JsonOpt, emit, out
+from dualmedia.console import JsonOpt, ModelNameOpt, emit, out
 from dualmedia.settings import get_settings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train" / "default.yaml"
@@ -126,12 +126,6 @@ def _print_evaluate(r: dict[str, Any]) -> None:
         wanted = "/fusion/" in name or "/gain/" in name or name.endswith("R_at_1")
         if wanted and not name.endswith("/n"):
             out.print(f"  {name:<55} {value:.3f}")
-
-
-ModelNameOpt = Annotated[
-    str | None,
-    typer.Option("--model", help="Registered model name (default: DUALMEDIA_MODEL_NAME)."),
-]
 
 
 def promote_command(

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from dualmedia.contract import read_yaml_model
 from training.models.config import ModelConfig
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "train"
@@ -124,22 +124,27 @@ class TrainConfig(_Strict):
         return TrainConfig.model_validate(data)
 
 
+def named_config(
+    name: str,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    fusion_type: str | None = None,
+) -> TrainConfig:
+    """`configs/train/<name>.yaml` with the overrides a pipeline run may set (None: keep)."""
+    config = load_train_config(REPO_CONFIGS / f"{name}.yaml")
+    data = config.model_dump()
+    if epochs:
+        data["alignment"]["epochs"] = data["fusion"]["epochs"] = epochs
+    if batch_size:
+        data["data"]["batch_size"] = batch_size
+    if fusion_type:
+        data["model"]["fusion"]["mode"] = fusion_type
+    return TrainConfig.model_validate(data)
+
+
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read a YAML training configuration; ValueError naming the file and field if invalid."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read training config: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a training config is a mapping, got {type(raw).__name__}")
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ValueError(f"{path}: invalid training config: {problems}") from None
+    return read_yaml_model(TrainConfig, path, "training config")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

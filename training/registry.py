@@ -60,6 +60,11 @@ def fusion_f1(metrics: dict[str, float], split: str = "test") -> dict[str, float
     }
 
 
+def logged_metrics(tags: dict[str, str]) -> dict[str, float]:
+    """The evaluation a version's training run logged, from its `metric.*` tags."""
+    return {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
+
+
 def register(train_summary: dict[str, Any], settings: Settings, name: str) -> dict[str, Any]:
     """Register a training run's model as a new version with alias `challenger`.
     Idempotent: registering the same run again returns the existing version."""
@@ -128,12 +133,16 @@ def gate(name: str, settings: Settings, config: GateConfig | None = None) -> dic
         decision = {"promoted": True, "reason": "first model: no champion yet"}
     else:
         snapshot_uri = challenger.tags[TAG_SNAPSHOT_URI]
-        new = fusion_f1(
-            evaluate_model(
-                f"models:/{name}/{challenger.version}", snapshot_uri, settings, config.split
-            )["metrics"],
-            config.split,
-        )
+        # The challenger was evaluated on this snapshot's split when it was trained (its
+        # version's metric.* tags): only the champion needs evaluating here.
+        new = fusion_f1(logged_metrics(challenger.tags), config.split)
+        if not new:  # trained without that split: evaluate it now
+            new = fusion_f1(
+                evaluate_model(
+                    f"models:/{name}/{challenger.version}", snapshot_uri, settings, config.split
+                )["metrics"],
+                config.split,
+            )
         old = fusion_f1(
             evaluate_model(
                 f"models:/{name}/{champion.version}", snapshot_uri, settings, config.split
@@ -206,6 +215,16 @@ def rollback(name: str, settings: Settings) -> dict[str, Any]:
         name, champion.version, TAG_DECISION, json.dumps({"rolled_back": True})
     )
     return {"champion": previous, "rolled_back_from": champion.version}
+
+
+def resolve_version(name: str | None, version: str | None, settings: Settings) -> tuple[str, str]:
+    """(model name, version) a command acts on: the given ones, else the configured model
+    name and its champion; RegistryError when there is no champion yet."""
+    name = name or settings.model_name
+    version = version or champion_version(name, settings)
+    if version is None:
+        raise RegistryError(f"{name}: no champion yet; give --version or run `dualmedia promote`")
+    return name, version
 
 
 def champion_version(name: str, settings: Settings) -> str | None:

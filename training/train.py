@@ -348,3 +348,17 @@ def train(
         state.summary = summary
         state.save(store, root)
         return summary
+
+
+def train_from_params(
+    snapshot_uri: str, params: dict[str, Any], settings: Settings, **kwargs: Any
+) -> dict[str, Any]:
+    """`train` as a pipeline run asks for it: a named configuration with the run's
+    overrides (train_config, epochs, batch_size, fusion_type), resumable, no console bars."""
+    from training.config import named_config
+
+    config = named_config(
+        params["train_config"], params.get("epochs"), params.get("batch_size"),
+        params.get("fusion_type"),
+    )  # fmt: skip
+    return train(snapshot_uri, config, settings, resume=True, progress=False, **kwargs)

@@ -193,14 +193,7 @@ class AudioSpec(ModalitySpec):
     Encoder = AudioEncoder
 
     def decode(self, value: Any, bounds: AudioBounds) -> DecodedAudio:
-        data = bytes(value)
-        if len(data) == 0:
-            raise MediaError("audio_undecodable", "audio file is empty (0 bytes)")
-        if len(data) > bounds.max_bytes:
-            raise MediaError(
-                self.too_large_reason,
-                f"audio file is {len(data)} bytes; the bound is {bounds.max_bytes}",
-            )
+        data = self.file_bytes(value, bounds, "audio_undecodable")
         missing = wav_missing_bytes(data)
         if missing:
             raise MediaError(

@@ -98,6 +98,19 @@ class ModalitySpec(ABC):
         """The largest media file accepted (fetches stop there); None for inline values."""
         return getattr(bounds, "max_bytes", None)
 
+    def file_bytes(self, value: Any, bounds: Any, empty_reason: str) -> bytes:
+        """A media file's bytes, refused when empty or over the bound before anything reads it."""
+        data = bytes(value)
+        if len(data) == 0:
+            raise MediaError(empty_reason, f"{self.name} file is empty (0 bytes)")
+        limit = self.max_bytes(bounds)
+        if limit is not None and len(data) > limit:
+            raise MediaError(
+                self.too_large_reason,
+                f"{self.name} file is {len(data)} bytes; the bound is {limit}",
+            )
+        return data
+
     def default_encoder(self) -> EncoderConfig:
         return self.Encoder()
 

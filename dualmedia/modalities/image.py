@@ -66,14 +66,7 @@ class ImageSpec(ModalitySpec):
     Encoder = ImageEncoder
 
     def decode(self, value: Any, bounds: ImageBounds) -> DecodedImage:
-        data = bytes(value)
-        if len(data) == 0:
-            raise MediaError("image_empty", "image file is empty (0 bytes)")
-        if len(data) > bounds.max_bytes:
-            raise MediaError(
-                self.too_large_reason,
-                f"image file is {len(data)} bytes; the bound is {bounds.max_bytes}",
-            )
+        data = self.file_bytes(value, bounds, "image_empty")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -63,7 +63,7 @@ def test_training_dag_registers_promotes_publishes_and_serves(platform: dict) ->
     from mlflow import MlflowClient
 
     from feature_repo.publish import online_features
-    from training.evaluate import embed_split
+    from training.models.scoring import score_arrays
     from training.registry import TAG_SNAPSHOT_URI, load_registered_model
 
     settings: Settings = platform["settings"]
@@ -77,7 +77,7 @@ def test_training_dag_registers_promotes_publishes_and_serves(platform: dict) ->
     model, tags = load_registered_model(MODEL, "1", settings)
     snapshot = Snapshot(ObjectStore(settings), tags[TAG_SNAPSHOT_URI])
     arrays = snapshot.arrays("test")
-    embedded = embed_split(model, arrays)
+    scores = score_arrays(model, arrays)
     ids = arrays.ids[:5]
     online = {row["item_id"]: row for row in online_features(settings, ids)}
     for k, item_id in enumerate(ids):
@@ -86,7 +86,7 @@ def test_training_dag_registers_promotes_publishes_and_serves(platform: dict) ->
             vector = online[item_id][f"{modality}_embedding"]
             if arrays.present[modality][k]:
                 np.testing.assert_allclose(
-                    vector, embedded["embeddings"][modality][k].numpy(), atol=1e-5
+                    vector, scores.embeddings[modality][k], atol=1e-5
                 )
             else:
                 assert vector is None

@@ -32,7 +32,7 @@ print(json.dumps({'seconds': time.perf_counter() - started, 'heavy': heavy}))
 # Only S3 runs in this test: the training and serving tasks are marked successful
 # unrun (tests/e2e runs the whole DAG against the whole stack).
 AFTER_INGESTION = (
-    "^(train_alignment|train_fusion|evaluate|register|gate|publish_features"
+    "^(train_alignment|train_fusion|register|gate|publish_features"
     "|build_archive|deploy|smoke_test)$"
 )
 TRIVIAL_DAG = """

@@ -73,7 +73,8 @@ def test_deploy_serves_every_endpoint_and_matches_in_process(served: dict) -> No
             assert response.status_code == 200, response.text
             served_answer = response.json()
             local = runtime.answer(
-                task, [parse_request(task, {"body": body}, runtime.media, catalogue)]
+                task,
+                [parse_request(task, {"body": body}, runtime.media, catalogue, runtime.bounds)],
             )[0]
             local.pop("_embeddings", None)
             _assert_close(served_answer, local)
