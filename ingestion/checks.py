@@ -109,8 +109,12 @@ def parse_line(
     try:
         if bad_utf8:
             field_name = _field_with_bad_bytes(obj)
-            if field_name == "text":
-                raise Reject(RejectReason.TEXT_NOT_UTF8, "field 'text' is not valid UTF-8")
+            inline = {m.name for m in modalities.specs(spec.modalities) if m.inline}
+            if field_name in inline:  # the modality's own reason (e.g. text_not_utf8)
+                bounds = config.media_bounds(spec)
+                _decode(
+                    modalities.get(field_name), obj[field_name], bounds, f"field {field_name!r}"
+                )
             raise Reject(RejectReason.MANIFEST_NOT_JSON, f"field {field_name!r} is not valid UTF-8")
         present = [m for m in modalities.ordered(spec.modalities) if obj.get(m) is not None]
         if not present:

@@ -56,25 +56,69 @@ class DualmediaHandler:
                 request = parse_request(
                     self.task, row, self.runtime.media, catalogue, self.runtime.bounds
                 )
-                valid.append((i, request))
             except BadRequest as exc:
-                context.set_response_status(exc.status, _phrase(exc.status), i)
-                answers[i] = json.dumps(exc.to_dict())
-        if valid:
-            try:
-                results = self.runtime.answer(self.task, [r for _, r in valid])
-            except ValueError as exc:  # e.g. a modality this model has no encoder for
-                for i, _ in valid:
-                    context.set_response_status(422, "Unprocessable Entity", i)
-                    answers[i] = json.dumps({"error": "unprocessable", "message": str(exc)})
+                answers[i] = _refusal(context, i, exc.status, exc.to_dict())
+            except RecursionError:
+                error = {"error": "too_deeply_nested", "field": None, "message": "the body "
+                         "is nested too deeply"}  # fmt: skip
+                answers[i] = _refusal(context, i, 400, error)
+            except MemoryError:
+                error = {"error": "payload_too_large", "field": None, "message": "too large"}
+                answers[i] = _refusal(context, i, 413, error)
+            except Exception:  # our bug: this request's 500, never its batch's
+                log.exception("request %d of a %s batch could not be parsed", i, self.task)
+                answers[i] = _refusal(context, i, 500, _INTERNAL)
             else:
-                for (i, request), result in zip(valid, results, strict=True):
-                    embeddings = result.pop("_embeddings", None)
-                    answers[i] = json.dumps(result)
-                    if self.recorder is not None:
-                        self.recorder.record(request, result, embeddings)
+                valid.append((i, request))
+        for (i, request), (status, result) in self._answer(valid):
+            if status != 200:
+                answers[i] = _refusal(context, i, status, result)
+                continue
+            embeddings = result.pop("_embeddings", None)
+            answers[i] = json.dumps(result)
+            if self.recorder is not None:
+                self.recorder.record(request, result, embeddings)
         return answers
+
+    def _answer(self, valid: list[tuple[int, Any]]) -> list[tuple[Any, tuple[int, Any]]]:
+        """(status, answer) per request: the batch's answers; when the batch fails, each
+        request alone, so a request that fails gets its own error and every other one its
+        normal answer."""
+        if not valid:
+            return []
+        try:
+            results = self.runtime.answer(self.task, [r for _, r in valid])
+            return [(item, (200, result)) for item, result in zip(valid, results, strict=True)]
+        except Exception:
+            log.warning("a %s batch of %d failed; answering its requests one by one",
+                        self.task, len(valid))  # fmt: skip
+        answered: list[tuple[Any, tuple[int, Any]]] = []
+        for i, request in valid:
+            try:
+                answered.append(((i, request), (200, self.runtime.answer(self.task, [request])[0])))
+            except ValueError as exc:  # e.g. a modality this model has no encoder for
+                error = {"error": "unprocessable", "field": None, "message": str(exc)}
+                answered.append(((i, request), (422, error)))
+            except Exception:
+                log.exception("request %d of a %s batch failed", i, self.task)
+                answered.append(((i, request), (500, _INTERNAL)))
+        return answered
+
+
+_INTERNAL = {"error": "internal_error", "field": None, "message": "the server failed on this "
+             "request; it keeps serving the others"}  # fmt: skip
+
+
+def _refusal(context: Any, i: int, status: int, error: dict[str, Any]) -> str:
+    context.set_response_status(status, _phrase(status), i)
+    return json.dumps(error)
 
 
 def _phrase(status: int) -> str:
-    return {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large"}.get(status, "Error")
+    return {
+        400: "Bad Request",
+        404: "Not Found",
+        413: "Payload Too Large",
+        422: "Unprocessable Entity",
+        500: "Internal Server Error",
+    }.get(status, "Error")

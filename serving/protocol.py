@@ -6,7 +6,8 @@ that request alone; the worker keeps serving the rest of the batch.
 
 Bodies are JSON with base64 media:
     embed:    {"text": "..."} | {"image": "<base64>"} | {"audio": "<base64>"}
-    search:   {"query": {<one modality>}, "target": "text", "k": 5}
+    search:   {"query": {<one modality>}, "target": "text", "k": 5}  (target: default the
+              catalogue's first modality in canonical order)
     insights: {"text": "...", "image": "<base64>", "audio": "<base64>"}  (any non-empty subset)
 or multipart/form-data with the same field names (media as files).
 """
@@ -191,12 +192,12 @@ def parse_request(
             raise BadRequest(
                 400, "one_modality_required", "query takes exactly one modality", "query"
             )
-        target = body.get("target", "text")
+        target = body.get("target", catalogue[0] if catalogue else None)
         if target not in set(catalogue):
             allowed = ", ".join(catalogue)
             raise BadRequest(400, "bad_value", f"field 'target' must be one of {allowed}", "target")
         k = body.get("k", 5)
-        if isinstance(k, str) and k.isdigit():
+        if isinstance(k, str) and k.isdecimal() and len(k) <= 3:  # "²".isdigit() is True
             k = int(k)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 100:
             raise BadRequest(400, "bad_value", "field 'k' must be an integer in 1..100", "k")

@@ -85,9 +85,7 @@ def test_training_dag_registers_promotes_publishes_and_serves(platform: dict) ->
         for modality in model.modalities:
             vector = online[item_id][f"{modality}_embedding"]
             if arrays.present[modality][k]:
-                np.testing.assert_allclose(
-                    vector, scores.embeddings[modality][k], atol=1e-5
-                )
+                np.testing.assert_allclose(vector, scores.embeddings[modality][k], atol=1e-5)
             else:
                 assert vector is None
 

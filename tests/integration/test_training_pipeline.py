@@ -130,9 +130,16 @@ def test_model_is_logged_with_signature_and_safetensors_weights(
     weights = next(local.rglob("weights.safetensors"))
     description = json.loads(next(local.rglob("model.json")).read_text())
     assert set(description["labels"]) == {"sentiment", "category", "damaged", "mismatch"}
-    assert description["media"]["n_mels"] == 64
+    assert description["media"]["audio"]["n_mels"] == 64
+    assert description["bounds"]["audio"]["min_duration_s"] == 0.1
     assert "fusion.gate.weight" in load_file(str(weights))
     assert any(local.rglob("input_example.json"))
+    # The model carries inference code only: the registry and the model library.
+    code = next(p for p in local.rglob("code") if p.is_dir())
+    shipped = {str(p.relative_to(code)) for p in code.rglob("*.py")}
+    assert "training/models/scoring.py" in shipped and "dualmedia/modalities/audio.py" in shipped
+    unwanted = ("synthetic/", "dualmedia/stack/", "training/train.py", "training/lit.py")
+    assert not [p for p in shipped if p.startswith(unwanted)], sorted(shipped)
 
 
 def _request_from_raw_files(data_dir: Path, n: int = 3) -> pd.DataFrame:
