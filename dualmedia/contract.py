@@ -8,7 +8,9 @@ hard-coded anywhere else in the platform.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -49,8 +51,8 @@ RESERVED_LABEL_NAMES = frozenset(
     register_full_backward_hook register_full_backward_pre_hook
     register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
     register_parameter register_state_dict_post_hook register_state_dict_pre_hook
-    requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
-    training type update values xpu zero_grad""".split()  # noqa: SIM905
+    requires_grad_ set_extra_state set_submodule share_memory smart_apply state_dict to
+    to_empty train training type update values xpu zero_grad""".split()  # noqa: SIM905
 )
 
 
@@ -144,10 +146,10 @@ class DatasetSpec(BaseModel):
     def media_bounds(self, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
         """The bounds records of this dataset are checked against (defaults < dataset.yaml
         < `overrides`, e.g. an ingestion config)."""
-        return MediaBounds.from_dict(_merge(self.bounds, overrides or {}))
+        return _sections("bounds", _key(_merge(self.bounds, overrides or {})))
 
     def media_config(self, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
-        return MediaConfig.from_dict(_merge(self.media, overrides or {}))
+        return _sections("media", _key(_merge(self.media, overrides or {})))
 
     @model_validator(mode="after")
     def _unique_modalities(self) -> DatasetSpec:
@@ -174,6 +176,18 @@ class DatasetSpec(BaseModel):
 
 def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> dict:
     return {m: {**base.get(m, {}), **top.get(m, {})} for m in {*base, *top}}
+
+
+def _key(sections: dict[str, dict[str, Any]]) -> str:
+    return json.dumps(sections, sort_keys=True)
+
+
+@lru_cache(maxsize=64)
+def _sections(kind: str, key: str) -> Any:
+    """Validated MediaBounds / MediaConfig, once per distinct value: ingestion asks for
+    them for every record (they are frozen, so sharing one object is safe)."""
+    model = MediaBounds if kind == "bounds" else MediaConfig
+    return model.from_dict(json.loads(key))
 
 
 def validation_problems(exc: ValidationError) -> str:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from dualmedia import modalities
 from dualmedia.contract import BinaryLabel, DatasetSpec
+from dualmedia.snapshot import stat_columns
 from ingestion.config import IngestConfig
 
 SITE = "dualmedia"
@@ -66,14 +67,10 @@ def summary_row(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
     return summary
 
 
-def _size_columns(spec: DatasetSpec) -> list[str]:
-    return [c for m in modalities.specs(spec.modalities) for c in m.stat_columns]
-
-
 def record_table(rows: list[dict[str, Any]], spec: DatasetSpec) -> pd.DataFrame:
     """The table the suite validates, from `summary_row`s."""
     columns: dict[str, list[Any]] = {"id": [r["id"] for r in rows]}
-    for col in _size_columns(spec):
+    for col in stat_columns(spec):
         columns[col] = [r.get(col) for r in rows]
     for m in modalities.specs(spec.modalities):
         columns[m.has_column] = [bool(r.get(m.has_column)) for r in rows]
@@ -83,7 +80,7 @@ def record_table(rows: list[dict[str, Any]], spec: DatasetSpec) -> pd.DataFrame:
             None if r.get(f"label__{name}") is None else classes[r[f"label__{name}"]] for r in rows
         ]
     df = pd.DataFrame(columns)
-    for col in _size_columns(spec):
+    for col in stat_columns(spec):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     return df
 
@@ -96,12 +93,12 @@ def build_suite(spec: DatasetSpec, config: IngestConfig, n_rows: int) -> Any:
     add = suite.add_expectation
     add(gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=None))
     present = modalities.specs(spec.modalities)
-    for col in ["id", *_size_columns(spec), *(m.has_column for m in present)]:
+    for col in ["id", *stat_columns(spec), *(m.has_column for m in present)]:
         add(gxe.ExpectColumnToExist(column=col))
     add(gxe.ExpectColumnValuesToBeOfType(column="id", type_="object"))
     add(gxe.ExpectColumnValuesToNotBeNull(column="id"))
     add(gxe.ExpectColumnValuesToBeUnique(column="id"))
-    for col in _size_columns(spec):
+    for col in stat_columns(spec):
         add(gxe.ExpectColumnValuesToBeOfType(column=col, type_="float64"))
     bounds = config.media_bounds(spec)
     for m in present:

@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 from dualmedia.modalities import MediaBounds, MediaConfig
 from serving.catalogue import Catalogue
 from serving.protocol import Inputs, Request
-from training.models.scoring import decode_predictions, score_items
+from training.models.scoring import decode_predictions, embed_items, score_items
 
 # A modality's own prediction counts in a disagreement only when it is this sure, and
 # only on labels its own head predicts well on held-out data (macro-F1, archive.json).
@@ -93,9 +93,15 @@ class InferenceRuntime:
         self._check_modalities(items)
         return score_items(self.model, [x.items for x in items], batch_size=max(1, len(items)))
 
+    def embeddings(self, items: list[Inputs]) -> dict[str, np.ndarray]:
+        """Embeddings only (embed, search): the fusion head is not run."""
+        self._check_modalities(items)
+        inputs = [x.items for x in items]
+        return embed_items(self.model, inputs, batch_size=max(1, len(items)))[0]
+
     # ---- tasks ----------------------------------------------------------------------------
     def embed(self, requests: list[Request]) -> list[dict[str, Any]]:
-        embeddings = self.score([r.inputs for r in requests]).embeddings
+        embeddings = self.embeddings([r.inputs for r in requests])
         answers = []
         for i, r in enumerate(requests):
             modality = r.inputs.modalities[0]
@@ -113,7 +119,7 @@ class InferenceRuntime:
     def search(self, requests: list[Request]) -> list[dict[str, Any]]:
         if self.catalogue is None:
             raise ValueError("this model was archived without a search catalogue")
-        embeddings = self.score([r.inputs for r in requests]).embeddings
+        embeddings = self.embeddings([r.inputs for r in requests])
         answers = []
         for i, r in enumerate(requests):
             modality = r.inputs.modalities[0]

@@ -56,6 +56,17 @@ class EncoderConfig(BaseModel):
     mlp_ratio: int = 2
     dropout: float = 0.0
 
+    def transformer_sizes(self) -> dict[str, Any]:
+        """These sizes as Hugging Face transformer config arguments (ViT, AST, ...)."""
+        return {
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "intermediate_size": self.hidden_size * self.mlp_ratio,
+            "hidden_dropout_prob": self.dropout,
+            "attention_probs_dropout_prob": self.dropout,
+        }
+
 
 class ModalitySpec(ABC):
     """One modality. Subclasses set the class attributes and implement the methods."""

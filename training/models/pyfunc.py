@@ -220,8 +220,7 @@ def pip_requirements() -> list[str]:
 # What a logged model's code is: the modality registry and the model library. Not the
 # trainer, the stages, the stack launcher, the generator or the demo.
 INFERENCE_CODE = (
-    "dualmedia/__init__.py",
-    "dualmedia/contract.py",
+    "dualmedia/contract.py",  # dualmedia is a namespace package: no __init__.py
     "dualmedia/modalities",
     "training/__init__.py",
     "training/models",
@@ -238,8 +237,6 @@ def code_paths(staging: Path) -> list[str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
-        elif source.exists():
-            shutil.copy2(source, target)
         else:
-            target.write_text("")  # a namespace package's marker
+            shutil.copy2(source, target)
     return sorted({str(Path(staging) / Path(r).parts[0]) for r in INFERENCE_CODE})

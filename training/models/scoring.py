@@ -2,7 +2,8 @@
 fused predictions, gate weights and what each modality alone predicts.
 
 Evaluation, the feature-store publish, monitoring windows, the pyfunc model and the
-serving runtime all score through `score_items` / `score_arrays`, and decode predictions
+serving runtime all score through `score_items` / `score_arrays` (`embed_items` alone
+where only embeddings are asked for), and decode predictions
 with `decode_predictions`, so the same item gets the same numbers everywhere.
 """
 
@@ -90,15 +91,13 @@ def fuse(model: Any, embeddings: dict[str, np.ndarray], present: dict[str, np.nd
     )
 
 
-def score_items(
-    model: Any,
-    items: Sequence[Mapping[str, Any]],
-    ids: Sequence[str] | None = None,
-    batch_size: int = 128,
-) -> Scores:
-    """Score items given as model inputs (modality -> input or None), in chunks."""
+def embed_items(
+    model: Any, items: Sequence[Mapping[str, Any]], batch_size: int = 128
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Embeddings [N, D] per modality (zero rows where absent) and presence masks of items
+    given as model inputs (modality -> input or None), in chunks. No fusion: what `embed`
+    and `search` need."""
     model.eval()
-    ids = [str(i) for i in (ids if ids is not None else range(len(items)))]
     chunks: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -112,6 +111,18 @@ def score_items(
         m: np.array([item.get(m) is not None for item in items], dtype=bool)
         for m in model.modalities
     }
+    return embeddings, present
+
+
+def score_items(
+    model: Any,
+    items: Sequence[Mapping[str, Any]],
+    ids: Sequence[str] | None = None,
+    batch_size: int = 128,
+) -> Scores:
+    """Embed and fuse items given as model inputs (modality -> input or None)."""
+    ids = [str(i) for i in (ids if ids is not None else range(len(items)))]
+    embeddings, present = embed_items(model, items, batch_size)
     fused = fuse(model, embeddings, present)
     return Scores(**vars(fused), ids=ids, embeddings=embeddings, present=present)
 

@@ -28,12 +28,7 @@ class AudioTrunk(Trunk):
                     patch_size=config.patch_size,
                     frequency_stride=config.frequency_stride,
                     time_stride=config.time_stride,
-                    hidden_size=config.hidden_size,
-                    num_hidden_layers=config.num_layers,
-                    num_attention_heads=config.num_heads,
-                    intermediate_size=config.hidden_size * config.mlp_ratio,
-                    hidden_dropout_prob=config.dropout,
-                    attention_probs_dropout_prob=config.dropout,
+                    **config.transformer_sizes(),
                 )
             )
         else:

@@ -28,12 +28,7 @@ class ImageTrunk(Trunk):
                     image_size=media.image.size,
                     patch_size=config.patch_size,
                     num_channels=3,
-                    hidden_size=config.hidden_size,
-                    num_hidden_layers=config.num_layers,
-                    num_attention_heads=config.num_heads,
-                    intermediate_size=config.hidden_size * config.mlp_ratio,
-                    hidden_dropout_prob=config.dropout,
-                    attention_probs_dropout_prob=config.dropout,
+                    **config.transformer_sizes(),
                 ),
                 add_pooling_layer=False,
             )
