@@ -1,19 +1,27 @@
 """Training pipeline: ingest → validate → snapshot → train alignment → train fusion (and
 its one evaluation) → register → gate → publish features → build archive → deploy → smoke.
+Started by hand or by an asset event (new feedback, drift) that names the dataset.
 
-Wiring only: each task calls a plain function of a stage package and passes URIs and small
-summaries through XCom; heavy imports happen inside the tasks. Deterministic failures (a
-broken contract, data refused by validation) fail at once; I/O steps retry with backoff.
+Wiring only: tasks call plain functions of the stage packages and pass URIs and small
+summaries through XCom. Bad data fails at once; I/O steps retry with backoff.
 """
 
 from __future__ import annotations
 
-import importlib
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, chain, dag, task
-from dag_support import FEEDBACK, IO_RETRIES, TRAINING_PARAMS, no_retry_on_bad_data
+from dag_support import (
+    FEEDBACK,
+    IO_RETRIES,
+    RETRAIN,
+    TRAIN_STEP,
+    TRAINING_PARAMS,
+    champion_step,
+    no_retry_on_bad_data,
+    run_parameters,
+)
 
 from dualmedia.settings import get_settings
 
@@ -25,18 +33,11 @@ CHAMPION_STEPS = (
     ("build_archive", "serving.release.build_release"),  # catalogue = the published vectors
     ("deploy", "serving.release.deploy_release"),  # register, smoke-test, make default
 )
-# Training steps run on the `train` queue (a GPU worker pool in production) and retry once:
-# a retry resumes from the last checkpoint.
-TRAIN: dict[str, Any] = {
-    "retries": 1,
-    "retry_delay": timedelta(seconds=30),
-    "queue": get_settings().airflow_train_queue,
-}
 
 
 @dag(
     dag_id="multimodal_training",
-    schedule=[FEEDBACK],  # a new labelled batch (dags/feedback_batches.py); or by hand
+    schedule=(FEEDBACK | RETRAIN),  # new feedback, drift (dualmedia/assets.py); or by hand
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -47,11 +48,12 @@ TRAIN: dict[str, Any] = {
 def multimodal_training() -> None:
     @task(**IO_RETRIES)
     @no_retry_on_bad_data
-    def pull(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Read the dataset spec and batch listing; decide what is new; name the snapshot."""
+    def pull(params: dict | None = None, triggering_asset_events: Any = None) -> dict[str, Any]:
+        """The run's parameters (the form's; an event's dataset); what is new; the snapshot."""
         from ingestion.pipeline import plan_ingest
 
-        return plan_ingest(params["dataset_uri"], get_settings())  # type: ignore[index]
+        run = run_parameters(params or {}, triggering_asset_events)
+        return {**plan_ingest(run["dataset_uri"], get_settings()), "run": run}
 
     @task(**IO_RETRIES)
     @no_retry_on_bad_data
@@ -77,24 +79,23 @@ def multimodal_training() -> None:
         )  # fmt: skip
         return {k: summary[k] for k in ("snapshot_uri", "snapshot_id", "dataset", "accepted")}
 
-    @task(**TRAIN)
+    @task(**TRAIN_STEP)
     @no_retry_on_bad_data
-    def train_alignment(snap: dict[str, Any], params: dict[str, Any] | None = None) -> dict:
+    def train_alignment(snap: dict[str, Any], plan: dict[str, Any]) -> dict:
         """Contrastive alignment of the modality encoders (checkpointed in S3)."""
         from training.train import train_from_params
 
-        result = train_from_params(snap["snapshot_uri"], params or {}, get_settings(),
+        result = train_from_params(snap["snapshot_uri"], plan["run"], get_settings(),
                                    stop_after="alignment")  # fmt: skip
         return {k: result[k] for k in ("run_name", "parent_run_id", "checkpoint_uri")}
 
-    @task(**TRAIN)
+    @task(**TRAIN_STEP)
     @no_retry_on_bad_data
-    def train_fusion(snap: dict[str, Any], params: dict[str, Any] | None = None) -> dict:
-        """The fusion model over the aligned embeddings, evaluated on the test split once
-        (the gate reads that evaluation); logs the model to MLflow."""
+    def train_fusion(snap: dict[str, Any], plan: dict[str, Any]) -> dict:
+        """The fusion model, evaluated on the test split once (the gate reads that)."""
         from training.train import train_from_params
 
-        result = train_from_params(snap["snapshot_uri"], params or {}, get_settings())
+        result = train_from_params(snap["snapshot_uri"], plan["run"], get_settings())
         result.pop("stages", None)
         return result
 
@@ -115,25 +116,13 @@ def multimodal_training() -> None:
 
     @task(**IO_RETRIES)
     @no_retry_on_bad_data
-    def gate(registered: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def gate(registered: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
         """Challenger vs champion on the same snapshot; only a better model is promoted."""
         from training import registry
 
-        name, margin = registered["registered_model"], (params or {})["promotion_margin"]
+        name, margin = registered["registered_model"], plan["run"]["promotion_margin"]
         decision = registry.gate(name, get_settings(), registry.GateConfig(margin=margin))
         return {**decision, "registered_model": name}
-
-    def champion_step(task_id: str, function: str) -> Any:
-        """A task calling `function(registered model, champion version, settings)`."""
-
-        @task(task_id=task_id, **IO_RETRIES)
-        @no_retry_on_bad_data
-        def step(decision: dict[str, Any]) -> dict[str, Any]:
-            module, name = function.rsplit(".", 1)
-            call = getattr(importlib.import_module(module), name)
-            return call(decision["registered_model"], decision["champion"], get_settings())
-
-        return step
 
     @task(**IO_RETRIES)
     def smoke_test(decision: dict[str, Any]) -> dict[str, str]:
@@ -144,9 +133,9 @@ def multimodal_training() -> None:
 
     snap = snapshot(plan := pull())
     validate(plan) >> snap
-    trained = train_fusion(snap)
-    train_alignment(snap) >> trained
-    decision = gate(register(trained, snap))
+    trained = train_fusion(snap, plan)
+    train_alignment(snap, plan) >> trained
+    decision = gate(register(trained, snap), plan)
     chain(*(champion_step(t, f)(decision) for t, f in CHAMPION_STEPS), smoke_test(decision))
 
 

@@ -89,5 +89,49 @@ class AirflowClient:
         )["value"]
         return json.loads(value) if isinstance(value, str) else value
 
+    def asset_id(self, name: str) -> int:
+        """The id of the asset named `name` (known once a DAG using it has been parsed)."""
+        found = self.request("GET", "assets", params={"name_pattern": name, "limit": 100})
+        for asset in found["assets"]:
+            if asset["name"] == name:
+                return int(asset["id"])
+        raise AirflowApiError(
+            f"Airflow knows no asset named {name!r} yet: the DAGs that use it have not been "
+            "parsed (is the dag-processor running?)"
+        )
+
+    def create_asset_event(self, name: str, extra: dict[str, Any]) -> dict[str, Any]:
+        """Record an event of the asset `name`; DAGs scheduled on it start as for a task's."""
+        body = {"asset_id": self.asset_id(name), "extra": extra}
+        return self.request("POST", "assets/events", json=body)
+
+    def upstream_asset_events(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The asset events that started a run (empty for a run started by hand)."""
+        path = f"dags/{dag_id}/dagRuns/{run_id}/upstreamAssetEvents"
+        return self.request("GET", path)["asset_events"]
+
+    def run_for_event(self, dag_id: str, key: str, value: str, timeout: float) -> dict[str, Any]:
+        """The asset-triggered run of `dag_id` whose triggering events include one with
+        extra[key] == value; waits up to `timeout` seconds for the scheduler to start it."""
+        deadline = time.monotonic() + timeout
+        seen: set[str] = set()
+        while True:
+            for run in self.dag_runs(dag_id):
+                if run["run_type"] != "asset_triggered" or run["dag_run_id"] in seen:
+                    continue
+                events = self.upstream_asset_events(dag_id, run["dag_run_id"])
+                if any((e.get("extra") or {}).get(key) == value for e in events):
+                    return run
+                seen.add(run["dag_run_id"])
+            if time.monotonic() > deadline:
+                raise AirflowApiError(
+                    f"no run of {dag_id} was started by an asset event with {key}={value!r} "
+                    f"within {timeout:.0f}s (is {dag_id} paused?)"
+                )
+            time.sleep(2)
+
+    def asset_url(self, asset_id: int) -> str:
+        return f"{self.base}/assets/{asset_id}"
+
     def run_url(self, dag_id: str, run_id: str) -> str:
         return f"{self.base}/dags/{dag_id}/runs/{run_id}"

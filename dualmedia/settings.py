@@ -95,8 +95,10 @@ class Settings(BaseSettings):
     postgres_airflow_db: str = Field(default="dualmedia_airflow", pattern="^[a-z_][a-z0-9_]*$")
     postgres_mlflow_db: str = Field(default="dualmedia_mlflow", pattern="^[a-z_][a-z0-9_]*$")
     postgres_feast_db: str = Field(default="dualmedia_feast", pattern="^[a-z_][a-z0-9_]*$")
-    # The Celery broker (the db number keeps stacks apart on one Redis).
+    # The Celery broker. Every key it writes starts with the prefix, so stacks sharing one
+    # Redis (and one db number) stay apart.
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_key_prefix: str = Field(default="dualmedia:", pattern="^[A-Za-z0-9_.:-]+$")
     airflow_workers: int = Field(default=2, ge=1, description="Celery workers `up` starts")
     airflow_worker_concurrency: int = Field(
         default=2, ge=1, description="task slots per Celery worker"
@@ -140,6 +142,13 @@ class Settings(BaseSettings):
         description="TorchServe workers per endpoint (default: one per core, at most 4)",
     )
     serving_threads: int = Field(default=1, description="torch and BLAS threads per serving worker")
+    # The largest request body a worker reads (JSON with base64 media: 4 bytes per 3).
+    # Over it: a JSON 413 naming this limit. TorchServe's frontend takes up to twice this
+    # (its max_request_size) so the worker can say so; beyond that the frontend itself
+    # answers 413, with no body, before any worker sees the request.
+    serving_max_request_mb: float = Field(
+        default=64, gt=0, le=1024, description="largest request body (MiB)"
+    )
     # The model server deploy/rollback/restore talk to (serving/backend.py BACKENDS).
     serving_backend: str = Field(
         default="torchserve", pattern="^[a-z][a-z0-9_-]*$", description="model server"
@@ -251,6 +260,10 @@ class Settings(BaseSettings):
         if self.torchserve_management_url is not None:
             return None
         return self.home_dir / "torchserve" / "model-store"
+
+    @property
+    def serving_max_request_bytes(self) -> int:
+        return int(self.serving_max_request_mb * 1024 * 1024)
 
     @property
     def serving_record_uri(self) -> str:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from dualmedia import modalities
+from dualmedia import jsonbounds, modalities
 from dualmedia.contract import BinaryLabel, DatasetSpec, RejectReason
 from dualmedia.modalities import MediaError, ModalitySpec
 from dualmedia.snapshot import SPLITS, label_column
@@ -89,7 +89,9 @@ def parse_line(
     shown = raw.decode("utf-8", errors="replace")
     where = f"line {line_no}"
     try:
-        obj = json.loads(text)
+        obj = jsonbounds.loads(raw, text)
+    except jsonbounds.TooDeep as exc:
+        return Rejection(RejectReason.MANIFEST_NOT_JSON, f"{where}: {exc}", None, line_no, shown)
     except json.JSONDecodeError as exc:
         return Rejection(
             RejectReason.MANIFEST_NOT_JSON, f"{where}: not JSON ({exc.msg})", None, line_no, shown

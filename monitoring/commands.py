@@ -32,7 +32,7 @@ def monitor_command(
         datetime | None, typer.Option(help="Served traffic since this UTC time (ISO 8601).")
     ] = None,
     trigger: Annotated[
-        bool, typer.Option("--trigger/--no-trigger", help="Start retraining on drift.")
+        bool, typer.Option("--trigger/--no-trigger", help="Ask for retraining on drift.")
     ] = True,
     cooldown_minutes: Annotated[
         float, typer.Option(min=0, help="No new trigger within this long of the last one.")
@@ -42,7 +42,7 @@ def monitor_command(
     """Compare the current window with the champion's training data (Evidently): embedding
     drift per modality, prediction drift per label, raw fields and missing modalities.
     The report is kept in S3, attached to the model's MLflow run and listed on an index
-    page; drift triggers the training DAG (with a cooldown)."""
+    page; drift asks for retraining (a `dualmedia-retrain` asset event, with a cooldown)."""
     from monitoring.drift import DriftConfig
     from monitoring.monitor import run_monitor
 
@@ -72,7 +72,9 @@ def _print_monitor(r: dict[str, Any]) -> None:
     out.print(f"index:  file://{r['index']['local']}")
     trigger = r["trigger"]
     if trigger.get("triggered"):
-        out.print(f"retraining started: {trigger['dag_run_id']} ({trigger['url']})")
+        out.print(
+            f"retraining requested: {trigger['request_id']}, {trigger['via']} ({trigger['url']})"
+        )
     else:
         out.print(f"no retraining: {trigger['why']}")
 

@@ -304,29 +304,73 @@ def evidently_default_embedding_drift(
     )
 
 
-def _value_drift(
-    reference: pd.Series, current: pd.Series, method: str | None, threshold: float | None
-) -> tuple[float, bool, str, float]:
-    """Evidently's ValueDrift on a categorical column: score, test failed, method, threshold."""
+@dataclass
+class ValueDriftOutcome:
+    """One column's result from Evidently's ValueDrift."""
+
+    score: float
+    failed: bool  # its test failed: the column drifted by Evidently's threshold
+    method: str
+    threshold: float | None
+
+
+def value_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numerical: list[str],
+    categorical: list[str],
+    method: str | None = None,
+    threshold: float | None = None,
+) -> dict[str, ValueDriftOutcome]:
+    """Evidently's ValueDrift on each column, in one report: column -> outcome.
+
+    Categorical columns are compared as strings. `method`/`threshold` None: Evidently's
+    choice by column type and window size. The one place that reads Evidently's result."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
-    definition = DataDefinition(categorical_columns=["value"])
-    ref = pd.DataFrame({"value": reference.astype(str).to_numpy()})
-    cur = pd.DataFrame({"value": current.astype(str).to_numpy()})
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+    ref = reference[numerical + categorical].copy()
+    cur = current[numerical + categorical].copy()
+    for col in categorical:
+        ref[col] = ref[col].astype(str)
+        cur[col] = cur[col].astype(str)
     options = {} if method is None else {"method": method, "threshold": threshold}
+    metrics = [ValueDrift(column=c, **options) for c in numerical + categorical]
     body = (
-        Report([ValueDrift(column="value", **options)], include_tests=True)
+        Report(metrics, include_tests=True)
         .run(
             Dataset.from_pandas(cur, data_definition=definition),
             Dataset.from_pandas(ref, data_definition=definition),
         )
         .dict()
     )
-    metric = body["metrics"][0]
-    failed = any(t["status"] == "FAIL" for t in body["tests"])
-    config = metric["config"]
-    return float(metric["value"]), failed, str(config["method"]), config["threshold"]
+    failed = {t["metric_config"]["metric_id"] for t in body["tests"] if t["status"] == "FAIL"}
+    outcomes = {}
+    for metric in body["metrics"]:
+        config = metric["config"]
+        outcomes[config["column"]] = ValueDriftOutcome(
+            float(metric["value"]),
+            metric["id"] in failed,
+            str(config.get("method")),
+            config.get("threshold"),
+        )
+    return outcomes
+
+
+def _value_drift(
+    reference: pd.Series, current: pd.Series, method: str | None, threshold: float | None
+) -> ValueDriftOutcome:
+    """ValueDrift on one categorical column (predicted classes)."""
+    outcomes = value_drift(
+        pd.DataFrame({"value": reference.to_numpy()}),
+        pd.DataFrame({"value": current.to_numpy()}),
+        [],
+        ["value"],
+        method,
+        threshold,
+    )
+    return outcomes["value"]
 
 
 def class_counts_p_value(reference: pd.Series, current: pd.Series) -> float:
@@ -349,14 +393,14 @@ def prediction_drift(
     (Jensen-Shannon distance by default) passes its threshold and the class counts
     differ beyond chance (chi-square p below `prediction_significance`)."""
     started = time.perf_counter()
-    score, exceeded, _, _ = _value_drift(
+    outcome = _value_drift(
         reference, current, config.prediction_method, config.prediction_threshold
     )
     p_value = class_counts_p_value(reference, current)
     return DriftResult(
         name,
-        score,
-        exceeded and p_value < config.prediction_significance,
+        outcome.score,
+        outcome.failed and p_value < config.prediction_significance,
         f"{config.prediction_method}, chi-square p={p_value:.2g} "
         f"(needs < {config.prediction_significance:g})",
         config.prediction_threshold,
@@ -370,12 +414,12 @@ def evidently_default_prediction_drift(
     """Evidently's ValueDrift with no method given: its choice by window size
     (chi-square p < 0.05 up to 1000 reference items, Jensen-Shannon >= 0.1 above)."""
     started = time.perf_counter()
-    score, failed, method, threshold = _value_drift(reference, current, None, None)
+    outcome = _value_drift(reference, current, None, None)
     return DriftResult(
         name,
-        score,
-        failed,
-        f"evidently default: {method}",
-        threshold,
+        outcome.score,
+        outcome.failed,
+        f"evidently default: {outcome.method}",
+        outcome.threshold,
         time.perf_counter() - started,
     )

@@ -5,8 +5,11 @@ Reports live in object storage, one folder per run, with an index page listing t
 by time and verdict (`s3://<lake>/monitoring/<dataset>/index.html`, also rendered to
 `<home>/monitoring/<dataset>/index.html`), are attached to the champion's MLflow run,
 and are added to an Evidently workspace (`evidently ui --workspace <home>/evidently`).
-A drift verdict triggers the training DAG through Airflow's REST API, with a conf that
-says why; a cooldown keeps one drift from triggering a storm.
+A drift verdict asks for retraining with an event of the `dualmedia-retrain` Airflow
+asset (dualmedia/assets.py), whose extra names the dataset and says why; the training DAG
+is scheduled on that asset. In Airflow the drift monitor DAG's `request_retraining` task
+emits the event; `dualmedia monitor` posts it through the REST API. A cooldown keeps one
+drift from starting a storm of runs.
 
 The cooldown is atomic: the check-trigger-record sequence runs under `TriggerLock`, a
 mutual exclusion among monitors built on plain object storage (PUT, LIST, DELETE; no
@@ -22,6 +25,7 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +38,9 @@ from monitoring.report import Verdict, Window, judge, render
 
 TRAINING_DAG = "multimodal_training"
 log = logging.getLogger(__name__)
+# How a retraining request (the asset event's extra) reaches Airflow; returns what to
+# report about it (e.g. {"via": ..., "url": ...}).
+Deliver = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def monitoring_prefix(settings: Settings, dataset: str) -> S3Uri:
@@ -49,8 +56,12 @@ def run_monitor(
     since: datetime | None = None,
     config: DriftConfig | None = None,
     trigger: bool = True,
+    deliver: Deliver | None = None,
 ) -> dict[str, Any]:
-    """Judge a window (a raw `batch` of `dataset_uri`, or what was served since `since`)."""
+    """Judge a window (a raw `batch` of `dataset_uri`, or what was served since `since`).
+
+    On drift (and `trigger`), a retraining request goes to `deliver`; by default it is
+    posted as an asset event through Airflow's REST API."""
     from dualmedia.snapshot import Snapshot
     from monitoring.window import batch_window, reference_window, served_window
     from training.registry import TAG_SNAPSHOT_URI, champion_version, load_registered_model
@@ -94,7 +105,7 @@ def run_monitor(
     summary["index"] = update_index(settings, dataset)
     summary["workspace"] = _add_to_workspace(settings, dataset, report_prefix, store)
     summary["trigger"] = decide_and_trigger(
-        settings, dataset, snapshot.info.source_uri, summary, config, trigger
+        settings, dataset, snapshot.info.source_uri, summary, config, trigger, deliver
     )
     store.write_json(report_prefix.join("summary.json"), summary)
     return summary
@@ -222,10 +233,11 @@ def decide_and_trigger(
     summary: dict[str, Any],
     config: DriftConfig,
     trigger: bool,
+    deliver: Deliver | None = None,
 ) -> dict[str, Any]:
-    """Drift → a training DAG run (unless one was triggered within the cooldown).
+    """Drift → a retraining request (unless one was made within the cooldown).
 
-    Monitors running at once take turns (TriggerLock): the one that goes first triggers
+    Monitors running at once take turns (TriggerLock): the one that goes first requests
     and records it, the others then find the record and report the cooldown."""
     if summary["verdict"] != "drift":
         return {"triggered": False, "why": "no drift"}
@@ -234,27 +246,59 @@ def decide_and_trigger(
     try:
         with TriggerLock(store, base.join("trigger-lock")):
             return _trigger_unless_cooling_down(
-                settings, store, base, dataset_uri, summary, config, trigger
+                settings, store, base, dataset_uri, summary, config, trigger, deliver
             )
     except TriggerLockBusy as exc:
         return {"triggered": False, "why": str(exc)}
 
 
 def _last_trigger(store: ObjectStore, state_uri: S3Uri) -> tuple[datetime, str] | None:
-    """The recorded last trigger (time, DAG run id), validated as data; None if absent."""
+    """The recorded last request (time, request id), validated as data; None if absent."""
     if not store.exists(state_uri):
         return None
     try:
         last = json.loads(store.read_text(state_uri))
         at = datetime.fromisoformat(last["at"])
-        run_id = last["dag_run_id"]
-        if at.tzinfo is None or not isinstance(run_id, str):
-            raise ValueError("needs a timezone-aware 'at' and a string 'dag_run_id'")
-        return at, run_id
+        request_id = last["request_id"]
+        if at.tzinfo is None or not isinstance(request_id, str):
+            raise ValueError("needs a timezone-aware 'at' and a string 'request_id'")
+        return at, request_id
     except (ValueError, TypeError, KeyError) as exc:
         # A damaged record must neither block retraining for good nor crash the monitor.
         log.warning("%s: ignoring an unreadable trigger record: %s", state_uri, exc)
         return None
+
+
+def retrain_request(
+    settings: Settings, dataset_uri: str, summary: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The retraining asset event's extra: what to train on (assets.RUN_KEYS) and why."""
+    return {
+        "request_id": f"drift-{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}",
+        "dataset_uri": dataset_uri,
+        "train_config": settings.train_config,
+        "reason": {
+            "drift": summary["reasons"],
+            "scores": summary["scores"],
+            "report": summary["report_uri"],
+            "window": summary["window"],
+        },
+    }
+
+
+def post_retrain_event(settings: Settings) -> Deliver:
+    """Deliver a request as a `dualmedia-retrain` asset event through the REST API."""
+
+    def deliver(request: dict[str, Any]) -> dict[str, Any]:
+        from dualmedia import assets
+        from dualmedia.airflow_api import AirflowClient
+
+        client = AirflowClient(settings)
+        event = client.create_asset_event(assets.RETRAIN, request)
+        return {"via": "asset event (REST API)", "event_id": event["id"],
+                "url": client.asset_url(event["asset_id"])}  # fmt: skip
+
+    return deliver
 
 
 def _trigger_unless_cooling_down(
@@ -265,8 +309,9 @@ def _trigger_unless_cooling_down(
     summary: dict[str, Any],
     config: DriftConfig,
     trigger: bool,
+    deliver: Deliver | None,
 ) -> dict[str, Any]:
-    """The check-trigger-record sequence; run only while holding the TriggerLock."""
+    """The check-request-record sequence; run only while holding the TriggerLock."""
     state_uri = base.join("last_trigger.json")
     now = datetime.now(UTC)
     last = _last_trigger(store, state_uri)
@@ -274,30 +319,19 @@ def _trigger_unless_cooling_down(
         since = now - last[0]
         if since < timedelta(minutes=config.cooldown_minutes):
             minutes = int(since.total_seconds() // 60)
-            why = f"cooldown: run {last[1]} was triggered {minutes} min ago"
+            why = f"cooldown: retraining {last[1]} was requested {minutes} min ago"
             return {"triggered": False, "why": why}
     if not trigger:
         return {"triggered": False, "why": "triggering disabled"}
-    from dualmedia.airflow_api import AirflowClient
-
-    client = AirflowClient(settings)
-    conf = {
-        "dataset_uri": dataset_uri,
-        "train_config": settings.train_config,
-        "reason": {
-            "drift": summary["reasons"],
-            "scores": summary["scores"],
-            "report": summary["report_uri"],
-            "window": summary["window"],
-        },
-    }
-    run = client.trigger(TRAINING_DAG, conf)
-    store.write_json(state_uri, {"at": now.isoformat(), "dag_run_id": run["dag_run_id"]})
+    request = retrain_request(settings, dataset_uri, summary, now)
+    delivered = (deliver or post_retrain_event(settings))(request)
+    store.write_json(state_uri, {"at": now.isoformat(), "request_id": request["request_id"]})
     return {
         "triggered": True,
         "dag_id": TRAINING_DAG,
-        "dag_run_id": run["dag_run_id"],
-        "url": client.run_url(TRAINING_DAG, run["dag_run_id"]),
+        "request_id": request["request_id"],
+        "request": request,
+        **delivered,
     }
 
 

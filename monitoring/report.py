@@ -24,6 +24,7 @@ from monitoring.drift import (
     embedding_drift,
     embedding_method,
     prediction_drift,
+    value_drift,
 )
 
 # Raw fields and presence flags the monitor compares, from the modality registry.
@@ -115,42 +116,13 @@ def _column_drift(
     reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str]
 ) -> list[DriftResult]:
     """Raw fields (numbers) and missing-modality rates (categories), Evidently's defaults."""
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
-
     started = time.perf_counter()
-    categorical = list(PRESENCE_COLUMNS)
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-    ref = reference[numeric + categorical].copy()
-    cur = current[numeric + categorical].copy()
-    for col in categorical:
-        ref[col] = ref[col].astype(str)
-        cur[col] = cur[col].astype(str)
-    metrics = [ValueDrift(column=c) for c in numeric + categorical]
-    body = (
-        Report(metrics, include_tests=True)
-        .run(
-            Dataset.from_pandas(cur, data_definition=definition),
-            Dataset.from_pandas(ref, data_definition=definition),
-        )
-        .dict()
-    )
-    failed = {t["metric_config"]["metric_id"] for t in body["tests"] if t["status"] == "FAIL"}
-    seconds = (time.perf_counter() - started) / max(len(metrics), 1)
-    results = []
-    for metric in body["metrics"]:
-        config_ = metric["config"]
-        results.append(
-            DriftResult(
-                f"column:{config_['column']}",
-                float(metric["value"]),
-                metric["id"] in failed,
-                str(config_.get("method")),
-                config_.get("threshold"),
-                seconds,
-            )
-        )
-    return results
+    outcomes = value_drift(reference, current, numeric, list(PRESENCE_COLUMNS))
+    seconds = (time.perf_counter() - started) / max(len(outcomes), 1)
+    return [
+        DriftResult(f"column:{column}", o.score, o.failed, o.method, o.threshold, seconds)
+        for column, o in outcomes.items()
+    ]
 
 
 def judge(reference: Window, current: Window, config: DriftConfig) -> Verdict:

@@ -23,6 +23,7 @@ class DualmediaHandler:
         self.task = ""
         self.initialized = False
         self.recorder: Any = None
+        self.max_body_bytes = 0
 
     def initialize(self, context: Any) -> None:
         from serving.protocol import TASKS
@@ -36,7 +37,9 @@ class DualmediaHandler:
         version = context.manifest["model"]["modelVersion"]
         from dualmedia.settings import Settings
 
-        threads = Settings().serving_threads
+        settings = Settings()
+        threads = settings.serving_threads
+        self.max_body_bytes = settings.serving_max_request_bytes
         self.runtime = InferenceRuntime.from_folder(model_dir, version, threads=threads)
         from serving.served_log import ServedLog
 
@@ -53,9 +56,8 @@ class DualmediaHandler:
         for i, row in enumerate(data):
             context.set_response_content_type(i, "application/json")
             try:
-                request = parse_request(
-                    self.task, row, self.runtime.media, catalogue, self.runtime.bounds
-                )
+                request = parse_request(self.task, row, self.runtime.media, catalogue,
+                                        self.runtime.bounds, self.max_body_bytes)  # fmt: skip
             except BadRequest as exc:
                 answers[i] = _refusal(context, i, exc.status, exc.to_dict())
             except RecursionError:

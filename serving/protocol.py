@@ -10,6 +10,11 @@ Bodies are JSON with base64 media:
               catalogue's first modality in canonical order)
     insights: {"text": "...", "image": "<base64>", "audio": "<base64>"}  (any non-empty subset)
 or multipart/form-data with the same field names (media as files).
+
+A JSON body is checked before it is parsed: its size against the server's request limit
+(settings.serving_max_request_mb; 413 naming the limit) and its nesting depth
+(dualmedia/jsonbounds.py: a linear scan, no recursion), so a hostile body costs a pass
+and a 4xx, never a worker.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from dualmedia import modalities
+from dualmedia import jsonbounds, modalities
 from dualmedia.modalities import MediaBounds, MediaConfig, MediaError
 
 TASKS = ("embed", "search", "insights")
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # settings.serving_max_request_mb's default
 
 
 class BadRequest(Exception):
@@ -58,11 +64,32 @@ class Request:
     k: int = 5
 
 
-def body_of(row: dict[str, Any]) -> dict[str, Any]:
+def read_json_body(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
+    """A JSON object from a request body: size, then nesting depth, then parsing."""
+    if len(raw) > max_bytes:
+        raise BadRequest(
+            413,
+            "payload_too_large",
+            f"the body is {len(raw)} bytes; this server takes at most {max_bytes} "
+            "(DUALMEDIA_SERVING_MAX_REQUEST_MB)",
+        )
+    try:
+        parsed = jsonbounds.loads(raw)
+    except jsonbounds.TooDeep as exc:
+        raise BadRequest(400, "too_deeply_nested", f"the body {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(400, "not_json", f"the body is not JSON ({exc.msg})") from None
+    if not isinstance(parsed, dict):
+        raise BadRequest(400, "not_json_object", "the body must be a JSON object")
+    return parsed
+
+
+def body_of(row: dict[str, Any], max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
     """TorchServe's view of one request → a dict of fields.
 
-    JSON bodies arrive already parsed (dict) under "body"/"data"; invalid JSON arrives
-    as bytes; multipart fields arrive as separate keys."""
+    The server passes bodies undecoded (TS_DECODE_INPUT_REQUEST=false): a JSON body is
+    bytes under "body"/"data", read by `read_json_body`; multipart fields arrive as
+    separate keys. (A body TorchServe did parse arrives as a dict and is taken as is.)"""
     raw = row.get("body", row.get("data"))
     if raw is None:
         fields = {k: v for k, v in row.items() if k not in ("body", "data")}
@@ -71,15 +98,10 @@ def body_of(row: dict[str, Any]) -> dict[str, Any]:
         return {k: _as_text_if_text_field(k, v) for k, v in fields.items()}
     if isinstance(raw, dict):
         return raw
-    if isinstance(raw, (bytes, bytearray, str)):
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, (bytes, bytearray)) else raw
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BadRequest(400, "not_json", f"the body is not JSON ({exc.msg})") from None
-        if not isinstance(parsed, dict):
-            raise BadRequest(400, "not_json_object", "the body must be a JSON object")
-        return parsed
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    if isinstance(raw, (bytes, bytearray)):
+        return read_json_body(bytes(raw), max_bytes)
     raise BadRequest(400, "not_json_object", "the body must be a JSON object")
 
 
@@ -161,9 +183,10 @@ def parse_request(
     media: MediaConfig,
     catalogue: list[str],
     bounds: MediaBounds | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Request:
     """Validate one request for `task`; raises BadRequest naming the field."""
-    body = body_of(row)
+    body = body_of(row, max_body_bytes)
     bounds = bounds if bounds is not None else MediaBounds()
     modality_fields = set(modalities.names())
     one_of = " or ".join(repr(m) for m in modalities.names())

@@ -228,10 +228,13 @@ def drift_and_retrain(settings: Settings, facts: dict[str, Any]) -> str:
     trigger = verdict["trigger"]
     if not trigger.get("triggered"):
         return f"no retraining started ({trigger['why']})"
-    console.print(f"    retraining run: {trigger['url']}")
-    state = follow_dag_run(client, TRAINING_DAG, trigger["dag_run_id"], timeout=3600)
-    facts["retraining_run"] = trigger["url"]
-    gate = client.xcom(TRAINING_DAG, trigger["dag_run_id"], "gate")
+    console.print(f"    retraining requested: {trigger['request_id']} (a dualmedia-retrain event)")
+    retrain = client.run_for_event(TRAINING_DAG, "request_id", trigger["request_id"], 300)
+    url = client.run_url(TRAINING_DAG, retrain["dag_run_id"])
+    console.print(f"    retraining run: {url}")
+    state = follow_dag_run(client, TRAINING_DAG, retrain["dag_run_id"], timeout=3600)
+    facts["retraining_run"] = url
+    gate = client.xcom(TRAINING_DAG, retrain["dag_run_id"], "gate")
     facts["gate"] = gate
     verdict_text = "promoted" if gate["promoted"] else "not promoted"
     return f"retraining {state}; gate: v{gate['challenger']} {verdict_text} ({gate['reason']})"

@@ -132,6 +132,7 @@ class _AirflowBase(Service):
                 # day, longer than any training step. Worker loss is the scheduler's
                 # heartbeat timeout below, not this.
                 "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "86400",
+                "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": s.redis_key_prefix,
                 "AIRFLOW__OPERATORS__DEFAULT_QUEUE": s.airflow_default_queue,
                 # Parallelism sized to the workers: every slot they have, no more.
                 "AIRFLOW__CORE__PARALLELISM": str(s.airflow_workers * s.airflow_worker_concurrency),

@@ -44,7 +44,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     settings = make_settings(tmp / "home", train_config="tiny", airflow_pause_new_dags=True)
     stack = Stack(settings)
     stack.up()
-    uri = f"s3://{settings.raw_bucket}/customer-feedback"
+    # Not the training form's default dataset: runs started by an asset event must take
+    # their dataset from the event.
+    uri = f"s3://{settings.raw_bucket}/e2e-feedback"
     try:
         # 600 items: drift's reference is the held-out val + test splits (20%, ~120), enough for
         # the embedding and prediction checks (DriftConfig.min_window, 50 per side).
@@ -272,12 +274,16 @@ def test_a_drifted_batch_starts_retraining_in_airflow(platform: dict) -> None:
     summary = run_monitor(settings, MODEL, batch="batch-0002")
     assert summary["verdict"] == "drift"
     trigger = summary["trigger"]
-    assert trigger["triggered"] is True
-    run_id = trigger["dag_run_id"]
-    assert run_id not in before
-    run = airflow.dag_run("multimodal_training", run_id)
-    assert run["conf"]["reason"]["report"] == summary["report_uri"]
-    assert any("embedding:image" in r for r in run["conf"]["reason"]["drift"])
+    assert trigger["triggered"] is True and trigger["via"] == "asset event (REST API)"
+    # The request is an event of the retrain asset; the scheduler starts a training run
+    # from it (no trigger through the REST API), which takes the dataset from the event.
+    run = airflow.run_for_event("multimodal_training", "request_id", trigger["request_id"], 300)
+    run_id = run["dag_run_id"]
+    assert run_id not in before and run["run_type"] == "asset_triggered"
+    (event,) = airflow.upstream_asset_events("multimodal_training", run_id)
+    assert event["name"] == "dualmedia-retrain"
+    assert event["extra"]["reason"]["report"] == summary["report_uri"]
+    assert any("embedding:image" in r for r in event["extra"]["reason"]["drift"])
 
     # One drift, one run: a second verdict within the cooldown triggers nothing.
     again = run_monitor(settings, MODEL, batch="batch-0002")
@@ -306,6 +312,11 @@ def test_a_drifted_batch_starts_retraining_in_airflow(platform: dict) -> None:
     assert json.loads(newest.tags["dualmedia.gate"])  # the gate's verdict is recorded
     snapshot = Snapshot(ObjectStore(settings), newest.tags["dualmedia.snapshot_uri"])
     assert set(snapshot.info.batches) == {"batch-0001", "batch-0002"}
+    assert snapshot.info.source_uri == platform["uri"]  # the event's dataset, not the default
+    assert (
+        airflow.xcom("multimodal_training", run_id, "pull")["run"]["dataset_uri"]
+        == (platform["uri"])
+    )
 
 
 def test_a_new_feedback_batch_starts_training_through_its_asset(platform: dict) -> None:
@@ -330,5 +341,7 @@ def test_a_new_feedback_batch_starts_training_through_its_asset(platform: dict) 
         ]
         time.sleep(3)
     assert started, "the feedback asset did not start the training DAG"
+    (event,) = airflow.upstream_asset_events("multimodal_training", started[0]["dag_run_id"])
+    assert event["extra"]["dataset_uri"] == platform["uri"]
     airflow.set_paused("feedback_batches", True)
     airflow.set_paused("multimodal_training", True)  # the run's result is not needed here

@@ -71,7 +71,6 @@ MONITOR = textwrap.dedent(
     import json, sys, time, uuid
     from pathlib import Path
 
-    import dualmedia.airflow_api
     from dualmedia.settings import Settings
     from monitoring.drift import DriftConfig
     from monitoring.monitor import decide_and_trigger
@@ -79,27 +78,21 @@ MONITOR = textwrap.dedent(
     calls = Path(sys.argv[1])
     dataset, start_at = sys.argv[2], float(sys.argv[3])
 
-    class RecordingAirflow:
-        def __init__(self, settings, timeout=30.0):
-            pass
+    def deliver(request):
+        # Stands in for Airflow's asset-event API (an HTTP call takes time: the race window).
+        (calls / request["request_id"]).write_text(json.dumps(request))
+        time.sleep(1.0)
+        return {"via": "recorded", "url": ""}
 
-        def trigger(self, dag_id, conf=None):
-            run_id = f"drift__{uuid.uuid4().hex[:8]}"
-            (calls / run_id).write_text(json.dumps(conf))
-            time.sleep(1.0)  # a trigger over HTTP takes time: the race window
-            return {"dag_run_id": run_id}
-
-        def run_url(self, dag_id, run_id):
-            return f"http://airflow/{dag_id}/{run_id}"
-
-    dualmedia.airflow_api.AirflowClient = RecordingAirflow
     summary = {"verdict": "drift", "reasons": ["text drift"], "scores": {},
                "report_uri": "s3://lake/r", "window": "batch b1"}
     settings = Settings()
     while time.time() < start_at:  # both monitors decide at the same moment
         time.sleep(0.01)
     began = time.time()
-    result = decide_and_trigger(settings, dataset, "s3://raw/ds", summary, DriftConfig(), True)
+    result = decide_and_trigger(
+        settings, dataset, "s3://raw/ds", summary, DriftConfig(), True, deliver
+    )
     print("RESULT " + json.dumps({**result, "began": began}), flush=True)
     """
 )
@@ -133,9 +126,11 @@ def test_two_monitors_at_once_start_one_retraining(s3_settings: Settings, tmp_pa
     assert len(list(calls.iterdir())) == 1, results  # one retraining
     assert len(triggered) == 1
     other = next(r for r in results if not r["triggered"])
-    assert other["why"].startswith(f"cooldown: run {triggered[0]['dag_run_id']} was triggered")
+    assert other["why"].startswith(f"cooldown: retraining {triggered[0]['request_id']} was")
     store = ObjectStore(s3_settings)
     base = monitoring_prefix(s3_settings, dataset)
     last = json.loads(store.read_text(base.join("last_trigger.json")))
-    assert last["dag_run_id"] == triggered[0]["dag_run_id"]
+    assert last["request_id"] == triggered[0]["request_id"]
+    request = json.loads((calls / triggered[0]["request_id"]).read_text())
+    assert request["dataset_uri"] == "s3://raw/ds" and request["reason"]["report"] == "s3://lake/r"
     assert list(store.list(base.join("trigger-lock"))) == []

@@ -2,9 +2,10 @@
 
 One stack for the module: api-server, scheduler, dag-processor, triggerer and two Celery
 workers (queues default + train), metadata DB and result backend in a PostgreSQL
-database of its own, the broker in a Redis db number of its own; both are dropped /
-flushed at the end. The DAGs are small test DAGs in a temporary dags folder: they prove
-the routing and the failure handling, not the training pipeline.
+database of its own, the broker's keys in Redis under a key prefix of its own; both are
+dropped / deleted at the end (no FLUSHDB: the Redis may be shared). The DAGs are small
+test DAGs in a temporary dags folder: they prove the routing and the failure handling,
+not the training pipeline.
 """
 
 from __future__ import annotations
@@ -98,10 +99,13 @@ def _services_available() -> str | None:
     return None
 
 
-def redis_flush(db: int) -> None:
+def redis_delete(db: int, prefix: str) -> int:
+    """Delete this module's keys (all under its prefix): Redis may be shared, no FLUSHDB."""
     import redis
 
-    redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    return client.delete(*keys) if keys else 0
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +126,13 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, S
         postgres_mlflow_db=f"dm_test_mlflow_{suffix}",
         postgres_feast_db=f"dm_test_feast_{suffix}",
         redis_url=SecretStr(f"redis://127.0.0.1:6379/{REDIS_DB}"),
+        redis_key_prefix=f"dmtest_{suffix}:",
         airflow_workers=2,
         airflow_worker_concurrency=1,
         airflow_task_heartbeat_timeout_s=20,
         airflow_password=SecretStr("production-test"),
         dags_folder=dags,
     )
-    redis_flush(REDIS_DB)
     stack = Stack(s, only=["airflow"])
     try:
         stack.up()
@@ -137,7 +141,7 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, S
         stack.down()
         for name in pg.platform_databases(s):
             pg.drop_database(s, name)
-        redis_flush(REDIS_DB)
+        redis_delete(REDIS_DB, s.redis_key_prefix)
 
 
 def _wait_for_dags(client: AirflowClient, ids: set[str], timeout: float = 180) -> None:
@@ -230,6 +234,11 @@ def test_tasks_run_on_celery_workers_by_queue(prod: tuple[Settings, Stack, Path]
         # The task process descends from one of our Celery workers, not the scheduler.
         assert _worker_of(stack, ran) is not None
         assert ran["pid"] != scheduler_pid and scheduler_pid not in ran["ancestors"]
+    # The broker's keys (queues, bindings) are under this stack's prefix.
+    import redis
+
+    broker = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    assert any(True for _ in broker.scan_iter(match=f"{s.redis_key_prefix}*"))
 
 
 def test_killed_worker_costs_a_retry_on_the_other(prod: tuple[Settings, Stack, Path]) -> None:

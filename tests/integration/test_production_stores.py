@@ -6,7 +6,8 @@
   PostgreSQL database of this module, shared by two FeatureStores whose repository
   folders (two homes: two machines) differ: what one applies and materialises, the
   other reads without applying anything.
-Databases are dropped and the Redis db flushed at the end.
+Databases are dropped and this module's Redis keys deleted at the end (no FLUSHDB: the
+Redis may be shared).
 """
 
 from __future__ import annotations
@@ -42,10 +43,14 @@ def _absent() -> str | None:
     return None
 
 
-def _flush() -> None:
+def _delete_project_keys(project: str) -> int:
+    """Delete this module's Feast keys (each ends with the project's name): Redis may be
+    shared, so no FLUSHDB."""
     import redis
 
-    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    keys = [k for k in client.scan_iter() if k.endswith(project.encode())]
+    return client.delete(*keys) if keys else 0
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +65,11 @@ def names() -> Iterator[dict[str, str]]:
         "postgres_feast_db": f"dm_test_stores_feast_{suffix}",
         "feast_project": f"dmtest_{suffix}",
     }
-    _flush()
     yield values
     probe = Settings(_env_file=None, postgres_url=SecretStr(POSTGRES_URL), **values)
     for db in pg.platform_databases(probe):
         pg.drop_database(probe, db)
-    _flush()
+    _delete_project_keys(values["feast_project"])
 
 
 def prod_settings(home: Path, names: dict[str, str]) -> Settings:
@@ -137,7 +141,10 @@ def _frames(views: list, ids: list[str], at: datetime) -> dict[str, pd.DataFrame
                 frame[field.name] = list(rng.standard_normal((len(ids), 4)).astype(np.float32))
             else:
                 frame[field.name] = "7"
-        frame["event_timestamp"] = pd.Timestamp(at)
+        # One second apart (a column of equal timestamps is an edge case of Dask's sort).
+        frame["event_timestamp"] = [
+            pd.Timestamp(at) - pd.Timedelta(seconds=k) for k in range(len(ids))
+        ]
         frames[fv.name] = frame
     return frames
 
@@ -158,13 +165,19 @@ def test_feast_registry_and_online_store_are_shared(tmp_path: Path, names: dict[
     objects = feast_objects()
     views = [o for o in objects if isinstance(o, FeatureView)]
     ids = ["item-1", "item-2", "item-3"]
-    at = datetime.now(UTC).replace(microsecond=0)
+    # Rows a minute old, materialised over the hour before now: no window edge in sight.
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     frames = _frames(views, ids, at)
     for fv in views:
         frames[fv.name].to_parquet(repo / fv.batch_source.path, index=False)
     fs_a = feature_store(writer)
     fs_a.apply(objects)
-    fs_a.materialize(start_date=at - timedelta(seconds=5), end_date=at + timedelta(seconds=5))
+    fs_a.materialize(start_date=at - timedelta(hours=1), end_date=datetime.now(UTC))
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    written = [k for k in client.scan_iter() if k.endswith(names["feast_project"].encode())]
+    assert len(written) == len(ids), f"materialize wrote {len(written)} keys for {len(ids)} items"
 
     # The other machine: its own folder, nothing applied there.
     fs_b = feature_store(reader)
@@ -177,10 +190,8 @@ def test_feast_registry_and_online_store_are_shared(tmp_path: Path, names: dict[
     ).to_dict()
     expected = frames[view.name][field.name]
     for k in range(len(ids)):
+        assert got[field.name][k] is not None, (ids[k], got)
         assert got[field.name][k] == pytest.approx(list(expected[k]))
-    # The values are in Redis (this module's db), the registry rows in PostgreSQL.
-    import redis
-
-    assert redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).dbsize() > 0
+    # The registry rows are in PostgreSQL.
     projects = pg.query(writer, writer.postgres_feast_db, "SELECT project_id FROM projects")
     assert (names["feast_project"],) in projects

@@ -28,6 +28,9 @@ def check(line: bytes, seen: set[str] | None = None, **config: object) -> Parsed
     [
         (b"{not json", RejectReason.MANIFEST_NOT_JSON, "line 3: not JSON"),
         (b"[1, 2]", RejectReason.MANIFEST_NOT_JSON, "must be a JSON object"),
+        # Python's parser would recurse 100,000 times (a RecursionError, not a reason).
+        (b"[" * 100_000, RejectReason.MANIFEST_NOT_JSON, "line 3: nests deeper than 16"),
+        (b'{"id": "a", "labels": ' + b"{" * 20, RejectReason.MANIFEST_NOT_JSON, "nests deeper"),
         (b'{"text": "hi", "labels": {}}', RejectReason.MISSING_ID, "field 'id'"),
         (b'{"id": "", "text": "hi"}', RejectReason.MISSING_ID, "field 'id'"),
         (b'{"id": "a", "labels": {}}', RejectReason.NO_MODALITY, "record 'a'"),

@@ -110,3 +110,25 @@ def test_bad_requests_name_the_field(
         parse(task, body)
     assert (info.value.status, info.value.error, info.value.field) == (status, error, field)
     assert str(info.value)
+
+
+def test_bodies_are_bounded_before_they_are_parsed() -> None:
+    def raw(body: bytes, **limits: int) -> object:
+        return parse_request("embed", {"body": body}, MEDIA, CATALOGUE, BOUNDS, **limits)
+
+    # 100,000 nested brackets: json.loads would raise RecursionError; refused from a scan.
+    for hostile in (b"[" * 100_000, b'{"text": ' + b"[" * 17 + b"]" * 17 + b"}"):
+        with pytest.raises(BadRequest) as exc:
+            raw(hostile)
+        assert (exc.value.status, exc.value.error) == (400, "too_deeply_nested")
+    # Brackets inside strings are text, not nesting (escaped quotes included).
+    text = '[[[[[[[[[[[[[[[[[[[[ \\" {{{{{{{{{{{{{{{{{{{{'
+    request = raw(b'{"text": "' + text.encode() + b'"}')
+    assert request.inputs.modalities == ["text"]
+    # Over the server's limit: 413 naming the limit and the setting.
+    body = b'{"text": "' + b"a" * 2000 + b'"}'
+    with pytest.raises(BadRequest) as exc:
+        raw(body, max_body_bytes=1000)
+    assert exc.value.status == 413 and exc.value.error == "payload_too_large"
+    assert "at most 1000" in str(exc.value) and "DUALMEDIA_SERVING_MAX_REQUEST_MB" in str(exc.value)
+    assert raw(body, max_body_bytes=len(body)).inputs.modalities == ["text"]
