@@ -168,6 +168,7 @@ class TorchServeBackend(ServingBackend):
         headers = self._headers("inference")
         try:
             if raw:
+                headers = {**headers, "Content-Type": "application/json"}
                 return self.session.post(url, data=body, headers=headers, timeout=self.timeout)
             return self.session.post(url, json=body, headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:

@@ -67,10 +67,7 @@ class TorchServeService(Service):
         # TorchServe keeps its pid file in $TMPDIR/.model_server.pid: a private TMPDIR
         # keeps two stacks (a demo and a test run) from stopping each other.
         tmp = str(self.state_dir / "tmp")
-        # Request bodies reach the handler undecoded: it checks their size and nesting
-        # before parsing (serving/protocol.py read_json_body).
-        return {"LOG_LOCATION": logs, "METRICS_LOCATION": logs, "TMPDIR": tmp, "TEMP": tmp,
-                "TS_DECODE_INPUT_REQUEST": "false"}  # fmt: skip
+        return {"LOG_LOCATION": logs, "METRICS_LOCATION": logs, "TMPDIR": tmp, "TEMP": tmp}
 
     def prepare(self) -> None:
         s = self.settings
@@ -100,6 +97,9 @@ class TorchServeService(Service):
             # Twice the workers' own limit, so that a body over that limit reaches a
             # worker and gets a JSON 413 naming it (settings.serving_max_request_mb).
             f"max_request_size={2 * s.serving_max_request_bytes}",
+            # Bodies reach the handler undecoded (TorchServe's workers would json.loads
+            # them first): it checks size and nesting before parsing (read_json_body).
+            "decode_input_request=false",
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
 

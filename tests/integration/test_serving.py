@@ -20,6 +20,7 @@ from serving.client import TorchServeBackend
 from serving.deploy import DeployError, deploy, load_record, restore, rollback
 from serving.protocol import parse_request
 from serving.runtime import InferenceRuntime
+from synthetic.traffic import good_probes, hostile_probes, judge
 from tests.conftest import make_settings
 from tests.integration.serving_helpers import b64_png, b64_wav, random_catalogue, tiny_archive
 
@@ -29,7 +30,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("serving")
-    settings = make_settings(tmp / "home")
+    # A 1 MiB body limit: the mixed-load test sends a body over it (TorchServe takes 2 MiB).
+    settings = make_settings(tmp / "home", serving_max_request_mb=1)
     # Object storage too: it holds the deployment record.
     stack = Stack(settings, only=["s3", "torchserve"])
     stack.up()
@@ -252,3 +254,60 @@ def test_search_returns_catalogue_items(served: dict) -> None:
     catalogue = random_catalogue(len(client.predict("embed", {"text": "x"}).json()["embedding"]))
     assert {r["id"] for r in answer["results"]} <= set(catalogue.ids["image"])
     assert np.isfinite(scores).all()
+
+
+def _send(client: TorchServeBackend, probe: object) -> tuple[int, object]:
+    response = client.predict(probe.task, probe.body, raw=True)  # type: ignore[attr-defined]
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, None
+
+
+def test_hostile_requests_do_not_change_honest_answers_under_batching(served: dict) -> None:
+    """Good and hostile requests interleaved at concurrency 16 (TorchServe batches up to 8):
+    every good answer equals its answer alone, every bad one is its own 4xx naming the
+    problem, and no worker restarts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings: Settings = served["settings"]
+    client: TorchServeBackend = served["client"]
+    if client.default_version("embed") is None:
+        deploy(served["archives"]["1"], "1", settings)
+    good = good_probes()
+    alone = {}
+    for probe in good:
+        status, answer = _send(client, probe)
+        assert status == 200, (probe.name, answer)
+        alone[probe.name] = answer
+    pids = {task: sorted(_worker_pids(client, task)) for task in ("embed", "search", "insights")}
+    hostile = hostile_probes(settings.serving_max_request_bytes)
+    mix = [p for _ in range(4) for pair in zip(good, hostile[: len(good)], strict=False)
+           for p in pair] + hostile  # fmt: skip
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda p: _send(client, p), mix))
+    wrong = [
+        judge(probe, status, answer, alone.get(probe.name))
+        for probe, (status, answer) in zip(mix, answers, strict=True)
+    ]
+    assert [w for w in wrong if w] == []
+    assert sum(p.good for p in mix) >= 24 and sum(not p.good for p in mix) >= 24
+    after = {task: sorted(_worker_pids(client, task)) for task in ("embed", "search", "insights")}
+    assert after == pids
+
+
+def test_a_body_over_the_frontend_limit_is_refused_before_any_worker(served: dict) -> None:
+    """Over twice the body limit TorchServe's frontend answers 413 itself (no body: it is
+    not ours to shape); between the limit and twice it, the worker's JSON 413 names it."""
+    settings: Settings = served["settings"]
+    client: TorchServeBackend = served["client"]
+    if client.default_version("embed") is None:
+        deploy(served["archives"]["1"], "1", settings)
+    limit = settings.serving_max_request_bytes
+    near = b'{"text": "' + b"a" * (limit + 10) + b'"}'
+    response = client.predict("embed", near, raw=True)
+    assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+    assert f"at most {limit}" in response.json()["message"]
+    far = b'{"text": "' + b"a" * (2 * limit + 10) + b'"}'
+    assert client.predict("embed", far, raw=True).status_code == 413
+    assert client.predict("embed", {"text": "still serving"}).status_code == 200
