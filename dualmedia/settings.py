@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     # Over it: a JSON 413 naming this limit. TorchServe's frontend takes up to twice this
     # (its max_request_size) so the worker can say so; beyond that the frontend itself
     # answers 413, with no body, before any worker sees the request.
+    # Rows a worker's served-request log holds while object storage is unreachable; past
+    # it the oldest are dropped and counted (TorchServe metric ServedRowsDropped).
+    served_log_max_rows: int = Field(default=20_000, ge=1)
     serving_max_request_mb: float = Field(
         default=64, gt=0, le=1024, description="largest request body (MiB)"
     )

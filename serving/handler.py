@@ -43,7 +43,9 @@ class DualmediaHandler:
         self.runtime = InferenceRuntime.from_folder(model_dir, version, threads=threads)
         from serving.served_log import ServedLog
 
-        self.recorder = ServedLog.from_archive(model_dir, self.task, version)
+        self.recorder = ServedLog.from_archive(
+            model_dir, self.task, version, on_drop=_dropped_rows_counter(context, name)
+        )
         self.initialized = True
         log.info("dualmedia %s model version %s ready", self.task, version)
 
@@ -105,6 +107,17 @@ class DualmediaHandler:
                 log.exception("request %d of a %s batch failed", i, self.task)
                 answered.append(((i, request), (500, _INTERNAL)))
         return answered
+
+
+def _dropped_rows_counter(context: Any, model_name: str) -> Any:
+    """`on_drop` for the served-request log: rows it had to drop are counted in the
+    TorchServe metric ServedRowsDropped (model_metrics.log, dimension ModelName)."""
+    from ts.metrics.metric_type_enum import MetricTypes
+
+    metric = context.metrics.add_metric_to_cache(
+        "ServedRowsDropped", "count", ["ModelName"], MetricTypes.COUNTER
+    )
+    return lambda n: metric.add_or_update(n, [model_name])
 
 
 _INTERNAL = {"error": "internal_error", "field": None, "message": "the server failed on this "

@@ -55,7 +55,7 @@ SERVED_SCHEMA = pa.schema(
         pa.field("predictions", pa.string()),  # JSON: label -> class (insights only)
     ]
 )
-MAX_ROWS = 20_000  # buffered rows at most (a few tens of MB) while S3 is unreachable
+MAX_ROWS = 20_000  # buffered rows at most (a few tens of MB): settings.served_log_max_rows
 ROWS_PER_FILE = 2_048
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
@@ -114,7 +114,7 @@ class ServedLog:
         """A log for this worker; a no-op when the archive or settings say no storage.
 
         It flushes on SIGTERM and at exit. `on_drop(n)` is told each time n rows had to be
-        dropped (e.g. `lambda n: context.metrics.add_counter("ServedRowsDropped", n)`)."""
+        dropped (the handler counts them in a TorchServe metric)."""
         info_path = Path(model_dir) / ARCHIVE_INFO
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -124,6 +124,9 @@ class ServedLog:
                 served_prefix(settings, info["dataset"]),
                 task,
                 model_version,
+                # A buffer smaller than a flush batch flushes when full instead.
+                flush_every=min(32, settings.served_log_max_rows),
+                max_rows=settings.served_log_max_rows,
                 on_drop=on_drop,
                 handle_stop=True,
             )

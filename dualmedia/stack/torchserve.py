@@ -100,6 +100,8 @@ class TorchServeService(Service):
             # Bodies reach the handler undecoded (TorchServe's workers would json.loads
             # them first): it checks size and nesting before parsing (read_json_body).
             "decode_input_request=false",
+            # Metrics the handler defines (ServedRowsDropped) go to model_metrics.log too.
+            "model_metrics_auto_detect=true",
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
 

@@ -31,7 +31,10 @@ pytestmark = pytest.mark.integration
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("serving")
     # A 1 MiB body limit: the mixed-load test sends a body over it (TorchServe takes 2 MiB).
-    settings = make_settings(tmp / "home", serving_max_request_mb=1)
+    # A served-request log of 4 rows, one S3 attempt: the drop-counting test fills it.
+    settings = make_settings(
+        tmp / "home", serving_max_request_mb=1, served_log_max_rows=4, s3_max_attempts=1
+    )
     # Object storage too: it holds the deployment record.
     stack = Stack(settings, only=["s3", "torchserve"])
     stack.up()
@@ -311,3 +314,35 @@ def test_a_body_over_the_frontend_limit_is_refused_before_any_worker(served: dic
     far = b'{"text": "' + b"a" * (2 * limit + 10) + b'"}'
     assert client.predict("embed", far, raw=True).status_code == 413
     assert client.predict("embed", {"text": "still serving"}).status_code == 200
+
+
+def test_rows_the_served_log_cannot_keep_are_counted_in_torchserve_metrics(served: dict) -> None:
+    """Object storage down: serving goes on, and the rows its log had to drop are counted
+    in TorchServe's metrics (model_metrics.log), not lost silently."""
+    import re
+    import time
+
+    from dualmedia.stack.torchserve import TorchServeService
+
+    settings: Settings = served["settings"]
+    client: TorchServeBackend = served["client"]
+    if client.default_version("embed") is None:
+        deploy(served["archives"]["1"], "1", settings)
+    metrics = TorchServeService(settings).state_dir / "logs" / "model_metrics.log"
+    s3 = Stack(settings, only=["s3"])
+    s3.down()
+    try:
+        for i in range(40):
+            response = client.predict("embed", {"text": f"said while storage is down {i}"})
+            assert response.status_code == 200
+        dropped = 0.0
+        deadline = time.monotonic() + 60
+        while dropped == 0 and time.monotonic() < deadline:
+            time.sleep(1)
+            text = metrics.read_text(errors="replace") if metrics.exists() else ""
+            counts = re.findall(r"ServedRowsDropped\.Count:([0-9.]+)\|#ModelName:embed", text)
+            dropped = sum(float(c) for c in counts)
+        # 40 rows, at most 4 buffered per worker: most were dropped, and counted.
+        assert dropped >= 40 - 4 * settings.serving_workers, text[-2000:]
+    finally:
+        s3.up()
