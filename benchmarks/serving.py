@@ -22,6 +22,10 @@ and throughput at concurrency 1, 8, 16 (embed) and 32, side by side, for
     and forward, no HTTP, no JSON; torch and numpy's BLAS on the configured threads),
     at concurrency 1, and TorchServe's GET /ping (the HTTP floor: client, frontend and
     token check, no worker),
+  - the in-process model on batches of the configured batch size with all the threads
+    TorchServe's workers have together (workers x threads): the throughput ceiling on
+    these cores, at concurrency >= the batch size; TorchServe's throughput is also
+    given as a ratio to it,
 and prints the ratios the serving targets are stated in. At concurrency 1 it also
 splits each TorchServe p50 into the worker's own time (its PredictionTime metric,
 matched to the request by x-request-id) and the rest (frontend, the hop to the Python
@@ -82,6 +86,7 @@ TASKS = ("embed", "insights")
 GRID = [(t, c) for t in TASKS for c in {"embed": (1, 8, 16, 32), "insights": (1, 8, 32)}[t]]
 MLFLOW = "mlflow models serve"
 IN_PROCESS = "in-process"
+IN_PROCESS_BATCHED = "in-process batched"
 REVIEWS = (
     "the mug arrived cracked and the seller never answered my emails",
     "lovely lamp, warm light, exactly as in the photos",
@@ -343,6 +348,42 @@ class InProcessEndpoint(Endpoint):
             )
             self.runtime.answer(task, [request])
             result.latencies.append(time.perf_counter() - t0)
+        result.wall = time.perf_counter() - t_start
+        return result
+
+
+class InProcessBatchedEndpoint(InProcessEndpoint):
+    """The ceiling a server can approach on these cores: InferenceRuntime.answer on
+    batches of the configured batch size, on all the threads TorchServe's workers use
+    together (workers x threads), with no HTTP, no queueing and no second process. Each
+    request's latency is its batch's."""
+
+    kind = IN_PROCESS_BATCHED
+
+    def __init__(self, runtime: Any, threads: int, batch: int, bodies: Bodies) -> None:
+        super().__init__(runtime, threads, bodies)
+        self.batch = batch
+        self.name = f"in-process batched ({batch}/batch, {threads_label(threads)})"
+
+    def applies(self, task: str, concurrency: int) -> bool:
+        return concurrency >= self.batch
+
+    def measure(self, task: str, payloads: list[Any], concurrency: int, budget: float) -> Measured:
+        result = Measured()
+        stop_at = time.perf_counter() + budget
+        t_start = time.perf_counter()
+        for at in range(0, len(payloads), self.batch):
+            if time.perf_counter() >= stop_at:
+                break
+            t0 = time.perf_counter()
+            batch = [
+                self.parse(
+                    task, {"body": body}, self.runtime.media, self.catalogue, self.runtime.bounds
+                )
+                for body in payloads[at : at + self.batch]
+            ]
+            self.runtime.answer(task, batch)
+            result.latencies += [time.perf_counter() - t0] * len(batch)
         result.wall = time.perf_counter() - t_start
         return result
 
@@ -771,6 +812,11 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
         threads = configs[0].threads
         runtime = InferenceRuntime.from_folder(model_dir, "1", threads=threads)
         endpoints.append(InProcessEndpoint(runtime, threads, bodies))
+        cores = configs[0].workers * configs[0].threads
+        batched = InferenceRuntime.from_folder(model_dir, "1", threads=cores)
+        endpoints.append(
+            InProcessBatchedEndpoint(batched, cores, max(configs[0].batch_size, 2), bodies)
+        )
         endpoints.append(instances[configs[0].instance].ping())
         for e in endpoints:
             # First requests after loading are slow everywhere; a TorchServe worker also
@@ -821,10 +867,14 @@ def analyse(
         return None
 
     for cell in cells:
-        if cell.kind in (IN_PROCESS, PingEndpoint.kind):
+        if cell.kind in (IN_PROCESS, IN_PROCESS_BATCHED, PingEndpoint.kind):
             continue
         ml = find(cell.task, cell.concurrency, "mlflow")
         if cell.kind == "torchserve":
+            ceiling = find(cell.task, cell.concurrency, IN_PROCESS_BATCHED)
+            cell.ratios["throughput_vs_in_process_batched"] = _ratio(
+                cell.throughput_rps, ceiling.throughput_rps if ceiling else None
+            )
             nobatch = find(cell.task, cell.concurrency, "torchserve", "nobatch")
             cell.ratios["throughput_vs_mlflow"] = _ratio(
                 cell.throughput_rps, ml.throughput_rps if ml else None
@@ -915,10 +965,11 @@ def print_table(result: dict[str, Any]) -> None:
         "insights = text + 320x240 JPEG + 2 s WAV (base64 JSON).\n"
         f"{MLFLOW} only predicts: its embed rows are text-only predictions.\n"
         "bg = cores used by other processes meanwhile (0 on a quiet machine).\n"
+        "thr/ceiling = throughput / the in-process batched model's on the same cores.\n"
     )
     header = ("task", "c", "server", "p50 ms", "p99 ms", "req/s", "n", "err", "bg",
-              "thr/mlflow", "thr/no-batch", "p50/in-proc")  # fmt: skip
-    line = "{:<8} {:>2}  {:<46} {:>7} {:>7} {:>6} {:>4} {:>3} {:>4}  {:>10} {:>12} {:>11}"
+              "thr/mlflow", "thr/no-batch", "thr/ceiling", "p50/in-proc")  # fmt: skip
+    line = "{:<8} {:>2}  {:<46} {:>7} {:>7} {:>6} {:>4} {:>3} {:>4}  {:>10} {:>12} {:>11} {:>11}"
     print(line.format(*header))
     previous = None
     for cell in result["cells"]:
@@ -939,6 +990,7 @@ def print_table(result: dict[str, Any]) -> None:
                 cell["background_cores"],
                 _fmt(r.get("throughput_vs_mlflow"), "x"),
                 _fmt(r.get("throughput_vs_no_batching"), "x"),
+                _fmt(r.get("throughput_vs_in_process_batched"), "x"),
                 _fmt(r.get("p50_vs_in_process"), "x"),
             )
         )
