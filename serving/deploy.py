@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dualmedia import modalities
 from dualmedia.settings import Settings
 from dualmedia.storage import ObjectStore
 from serving.backend import BackendError, ServingBackend, get_backend
@@ -34,11 +35,15 @@ from serving.protocol import TASKS
 
 log = logging.getLogger(__name__)
 
-SMOKE_REQUESTS: dict[str, dict[str, Any]] = {
-    "embed": {"text": "smoke test: the parcel arrived"},
-    "search": {"query": {"text": "smoke test: a mug"}, "target": "text", "k": 1},
-    "insights": {"text": "smoke test: works as described"},
-}
+
+def smoke_request(task: str, modality: str | None = None) -> dict[str, Any]:
+    """A small valid request for `task` in `modality` (default: the registry's first), from
+    the modality's own example value; search ranks the catalogue's default target."""
+    name = modality or modalities.names()[0]
+    field = {name: modalities.get(name).example_value()}
+    return {"query": field, "k": 1} if task == "search" else field
+
+
 RECORD_FORMAT = 1
 HISTORY_KEPT = 200  # entries; the record stays one small object
 
@@ -107,7 +112,7 @@ def state(settings: Settings) -> dict[str, Any]:
 
 # ---- deploy / rollback ---------------------------------------------------------------
 def smoke_test(backend: ServingBackend, task: str, version: str) -> None:
-    answer = backend.predict(task, SMOKE_REQUESTS[task], version=version)
+    answer = backend.predict(task, smoke_request(task), version=version)
     if answer.status_code != 200:
         raise DeployError(
             f"smoke request to {task} version {version} answered HTTP {answer.status_code}: "
@@ -121,7 +126,7 @@ def verify(version: str, settings: Settings) -> dict[str, str]:
     backend = get_backend(settings)
     served: dict[str, str] = {}
     for task in TASKS:
-        answer = backend.predict(task, SMOKE_REQUESTS[task])
+        answer = backend.predict(task, smoke_request(task))
         if answer.status_code != 200:
             raise DeployError(
                 f"smoke request to {backend.endpoint_url(task)} answered HTTP "

@@ -43,10 +43,10 @@ def _show_item(ax: plt.Axes, arrays: SnapshotArrays, index: int, modality: str) 
     ax.set_xticks([])
     ax.set_yticks([])
     item = arrays.inputs[modality][index]
-    kind, value = ("text", "") if item is None else modalities.get(modality).preview(item)
-    if kind == "image" and np.ndim(value) == 3:
+    kind, value = ("caption", "") if item is None else modalities.get(modality).preview(item)
+    if kind == "picture" and np.ndim(value) == 3:
         ax.imshow(value)
-    elif kind == "image":  # a 2-D map (e.g. a spectrogram)
+    elif kind == "picture":  # a 2-D map (e.g. a spectrogram)
         ax.imshow(value, origin="lower", aspect="auto", cmap="magma")
     else:
         ax.text(0.02, 0.5, textwrap.fill(str(value), 28), fontsize=7, va="center", wrap=True)

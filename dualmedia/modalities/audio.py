@@ -3,6 +3,7 @@ model input is a fixed-size log-mel spectrogram and the number of frames holding
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 from functools import lru_cache
@@ -346,8 +347,14 @@ class AudioSpec(ModalitySpec):
         logmel = rng.normal(-6.0, 3.0, shape).astype(np.float32)
         return {"logmel": logmel, "valid_frames": shape[1]}
 
+    def example_value(self) -> str:
+        t = np.arange(8000) / 16000
+        buffer = io.BytesIO()
+        sf.write(buffer, 0.3 * np.sin(2 * np.pi * 220 * t), 16000, format="WAV")
+        return base64.b64encode(buffer.getvalue()).decode()
+
     def preview(self, item: dict[str, Any]) -> tuple[str, Any]:
-        return ("image", item["logmel"])
+        return ("picture", item["logmel"])
 
 
 SPEC = AudioSpec()

@@ -179,6 +179,10 @@ class ModalitySpec(ABC):
     def random_input(self, media: Any, rng: np.random.Generator) -> Any:
         """A noise model input (unit tests and benchmarks: the right shape, no meaning)."""
 
+    @abstractmethod
+    def example_value(self) -> Any:
+        """A small valid value of this modality's request field (the smoke test's)."""
+
     def preview(self, item: Any) -> tuple[str, Any]:
-        """How a figure shows one item: ("image", HxWx3 or HxW array) or ("text", str)."""
-        return ("text", "")
+        """How a figure shows one item: ("picture", HxWx3 or HxW array) or ("caption", str)."""
+        return ("caption", "")

@@ -3,6 +3,7 @@ model input is a fixed-size RGB uint8 array (aspect kept, centre crop)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import warnings
 from typing import Any
@@ -181,8 +182,13 @@ class ImageSpec(ModalitySpec):
         size = media.image.size
         return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
 
+    def example_value(self) -> str:
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), (128, 96, 64)).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
     def preview(self, item: np.ndarray) -> tuple[str, Any]:
-        return ("image", item)
+        return ("picture", item)
 
 
 SPEC = ImageSpec()

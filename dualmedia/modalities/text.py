@@ -91,8 +91,11 @@ class TextSpec(ModalitySpec):
         words = ("great", "broken", "fine", "lamp", "mug", "late", "love", "meh")
         return " ".join(rng.choice(words, 4))
 
+    def example_value(self) -> str:
+        return "smoke test: the parcel arrived as described"
+
     def preview(self, item: str) -> tuple[str, Any]:
-        return ("text", item or "")
+        return ("caption", item or "")
 
 
 SPEC = TextSpec()
