@@ -711,7 +711,7 @@ class MlflowServe:
                 },
                 signature=model_signature(load_fused_model_dir(self.model_dir)),
                 pip_requirements=pip_requirements(),
-                code_paths=code_paths(),
+                code_paths=code_paths(self.tmp / "pyfunc-code"),
             )
         env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         env["MLFLOW_TRACKING_URI"] = f"file:{self.tmp / 'mlruns'}"
