@@ -1,13 +1,16 @@
 """`dualmedia`: the command line of the platform.
 
 Every command is a thin layer over a plain function: it parses options, shows
-progress, prints a human summary or (with --json) one JSON object, and turns known
-errors into a one-line message and exit code 1, never a traceback.
+progress, prints a human summary or (with --json) one JSON object, and turns errors into
+a one-line message (with --json: a JSON error object on stdout) and exit code 1, never a
+traceback unless --debug is given (anywhere on the command line).
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dualmedia.console import JsonOpt, console, emit, out, progress_bar
+from dualmedia.console import JsonOpt, console, emit, error_object, out, progress_bar
 from dualmedia.contract import ContractError
 from dualmedia.settings import get_settings
 from dualmedia.stack import Stack, StackError
@@ -25,7 +28,8 @@ app = typer.Typer(
     name="dualmedia",
     help=(
         "Multimodal (text, image, audio) ML platform: local stack, datasets, training, "
-        "serving and monitoring. Settings come from DUALMEDIA_* variables or .env."
+        "serving and monitoring. Settings come from DUALMEDIA_* variables or .env. "
+        "--json: one JSON object (errors too); --debug: tracebacks of errors."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -150,14 +154,27 @@ def register_stage_commands() -> None:
 
 def main() -> None:
     register_stage_commands()
+    debug = "--debug" in sys.argv[1:]
+    if debug:  # a global flag, accepted anywhere: no command declares it
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+    as_json = "--json" in sys.argv[1:]
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
     try:
         app()
-    except USER_ERRORS as exc:
-        console.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except Exception as exc:
+        known = isinstance(exc, USER_ERRORS)
+        if debug:
+            traceback.print_exc()
+        if as_json:
+            print(json.dumps(error_object(exc, command, known), default=str, indent=2))
+        elif known:
+            console.print(f"[red]error:[/] {exc}")
+        else:
+            console.print(f"[red]error ({type(exc).__name__}):[/] {exc} (--debug: the traceback)")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

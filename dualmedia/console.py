@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Annotated, Any
 
 import typer
@@ -39,6 +39,24 @@ def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]]
         print(json.dumps(result, default=str, indent=2))
     else:
         human(result)
+
+
+def working(description: str, as_json: bool = False) -> AbstractContextManager[Any]:
+    """A spinner on stderr saying what a long step is doing; nothing with --json or when
+    stderr is not a terminal (scripts and logs get the result, not the animation)."""
+    if as_json or not console.is_terminal:
+        return nullcontext()
+    return console.status(f"[bold]{description}[/] ...")
+
+
+def error_object(exc: BaseException, command: str, known: bool) -> dict[str, Any]:
+    """A failed command's error as JSON: what, where, and a hint."""
+    hint = (
+        "fix what the message names and run the command again"
+        if known
+        else "an unexpected error: run again with --debug for the traceback"
+    )
+    return {"error": type(exc).__name__, "message": str(exc), "command": command, "hint": hint}
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dualmedia.console import JsonOpt, ModelNameOpt, VersionOpt, emit, out
+from dualmedia.console import JsonOpt, ModelNameOpt, VersionOpt, emit, out, working
 from dualmedia.settings import get_settings
 
 
@@ -24,7 +24,7 @@ def publish_command(
 
     settings = get_settings()
     name, version = resolve_version(model, version, settings)
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), working(f"publishing {name} v{version}", as_json):
         result = publish(name, version, settings)
     emit(result, as_json, _print_publish)
 

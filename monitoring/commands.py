@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dualmedia.console import JsonOpt, emit, out
+from dualmedia.console import JsonOpt, emit, out, working
 from dualmedia.settings import get_settings
 
 
@@ -48,7 +48,7 @@ def monitor_command(
 
     settings = get_settings()
     config = DriftConfig(cooldown_minutes=cooldown_minutes)
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), working("judging drift", as_json):
         result = run_monitor(
             settings, model or settings.model_name, batch=batch, dataset_uri=dataset,
             since=since, config=config, trigger=trigger,

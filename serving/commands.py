@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dualmedia.console import JsonOpt, ModelNameOpt, VersionOpt, emit, out
+from dualmedia.console import JsonOpt, ModelNameOpt, VersionOpt, emit, out, working
 from dualmedia.settings import get_settings
 
 
@@ -29,8 +29,10 @@ def deploy_command(
     settings = get_settings()
     name, version = resolve_version(model, version, settings)
     with contextlib.redirect_stdout(sys.stderr):
-        built = build_release(name, version, settings)
-        result = deploy_release(name, version, settings)
+        with working(f"building the archive of {name} v{version}", as_json):
+            built = build_release(name, version, settings)
+        with working(f"deploying v{version} (register, smoke-test, make default)", as_json):
+            result = deploy_release(name, version, settings)
     emit({**result, "archive": built["archive_uri"]}, as_json, _print_deploy)
 
 
@@ -50,9 +52,12 @@ def rollback_command(model: ModelNameOpt = None, as_json: JsonOpt = False) -> No
     settings = get_settings()
     name = model or settings.model_name
     with contextlib.redirect_stdout(sys.stderr):
-        registry = registry_rollback(name, settings)
-        serving = serving_rollback(settings)
-        features = publish(name, registry["champion"], settings)
+        with working(f"moving {name}'s champion back", as_json):
+            registry = registry_rollback(name, settings)
+        with working("serving the previous version", as_json):
+            serving = serving_rollback(settings)
+        with working(f"publishing v{registry['champion']}'s features", as_json):
+            features = publish(name, registry["champion"], settings)
     result = {"registry": registry, "serving": serving, "features": features["offline_uri"]}
     emit(result, as_json, _print_rollback)
 

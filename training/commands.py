@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dualmedia.console import JsonOpt, ModelNameOpt, emit, out
+from dualmedia.console import JsonOpt, ModelNameOpt, emit, out, working
 from dualmedia.settings import get_settings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train" / "default.yaml"
@@ -115,7 +115,7 @@ def evaluate_command(
     """Evaluate a trained model on a snapshot's test split: retrieval, zero-shot, fusion."""
     from training.evaluate import evaluate_model
 
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), working(f"evaluating {model}", as_json):
         result = evaluate_model(model, snapshot, get_settings())
     emit(result, as_json, _print_evaluate)
 
@@ -144,8 +144,12 @@ def promote_command(
 
     settings = get_settings()
     config = GateConfig(margin=margin, max_label_drop=max_label_drop)
-    with contextlib.redirect_stdout(sys.stderr):
-        decision = gate(model or settings.model_name, settings, config)
+    name = model or settings.model_name
+    with (
+        contextlib.redirect_stdout(sys.stderr),
+        working(f"{name}: challenger vs champion", as_json),
+    ):
+        decision = gate(name, settings, config)
     emit(decision, as_json, _print_gate)
 
 

@@ -89,3 +89,19 @@ def test_ingest_of_a_missing_dataset_is_one_clear_line(s3_settings: Settings) ->
     assert result.returncode == 1
     assert "nothing-here/dataset.yaml: missing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_errors_are_json_with_json_and_tracebacks_only_with_debug(
+    s3_settings: Settings, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "nowhere")
+    target = f"s3://{s3_settings.raw_bucket}/z"
+    result = run_cli(s3_settings, "upload", missing, target, "--json")
+    assert result.returncode == 1
+    error = json.loads(result.stdout)  # the whole stdout is one JSON object
+    assert error["error"] == "ContractError" and error["command"] == "upload"
+    assert "not a folder" in error["message"] and error["hint"]
+    assert "Traceback" not in result.stderr
+    debug = run_cli(s3_settings, "upload", missing, target, "--debug")
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr and "not a folder" in debug.stderr
