@@ -17,25 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dualmedia.contract import parse_dataset_spec
 from dualmedia.modalities import MediaBounds, MediaConfig
 from ingestion.checks import ParsedRecord, Rejection, parse_line
 from ingestion.config import IngestConfig
 from serving.protocol import TASKS, BadRequest, parse_request
+from synthetic import dataset_spec
 
 MEDIA = MediaConfig()
 BOUNDS = MediaBounds()
 CATALOGUE = ["text", "image", "audio"]
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SPEC = parse_dataset_spec(
-    """
-name: fuzz
-modalities: [text, image, audio]
-labels:
-  sentiment: {type: categorical, classes: [negative, neutral, positive]}
-  damaged: {type: binary}
-"""
-)
+SPEC = dataset_spec()  # the generator's labels: categorical and binary
 
 
 def _png() -> bytes:
@@ -129,6 +121,7 @@ records = st.fixed_dictionaries(
                     "sentiment": st.one_of(
                         st.sampled_from(["negative", "neutral", "positive"]), json_values
                     ),
+                    "category": st.one_of(st.text(max_size=12), json_values),
                     "damaged": json_values,
                 },
             ),

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from dualmedia.modalities import MediaBounds, MediaConfig, MediaError
 from dualmedia.modalities.audio import SILENCE
 from dualmedia.modalities.batch import assemble_batch
 from serving.protocol import BadRequest, parse_request
+from synthetic.traffic import flac_silence, png_bomb
 
 BOUNDS = MediaBounds()
 MEDIA = MediaConfig()
@@ -40,21 +39,6 @@ def test_an_unknown_modality_is_a_clear_error_not_a_fallback() -> None:
         parse_dataset_spec("name: x\nmodalities: [text, smell]\n")
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header announces width x height and whose pixel data is a few bytes:
-    what a decompression bomb looks like before anything is decoded."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 16)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
-
-
 def test_a_huge_image_is_refused_from_its_header_before_any_pixel_is_decoded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -63,21 +47,15 @@ def test_a_huge_image_is_refused_from_its_header_before_any_pixel_is_decoded(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     with pytest.raises(MediaError) as info:
-        modalities.get("image").decode(_png_header_only(9000, 9000), BOUNDS.image)
+        modalities.get("image").decode(png_bomb(9000, 9000), BOUNDS.image)
     assert info.value.reason == "image_size_out_of_bounds"
     assert "9000x9000" in str(info.value)
-
-
-def _flac_silence(seconds: float, rate: int = 48000) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, np.zeros(int(seconds * rate), dtype=np.float32), rate, format="FLAC")
-    return buffer.getvalue()
 
 
 def test_a_long_clip_is_refused_from_its_header_before_decoding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    data = _flac_silence(600)  # 600 s of silence compresses to a small file
+    data = flac_silence(600)  # 600 s of silence compresses to a small file
     assert len(data) < 2_000_000
 
     def no_decoding(*args: object, **kwargs: object) -> None:
