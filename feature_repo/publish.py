@@ -146,8 +146,17 @@ def feature_store(settings: Settings) -> Any:
 
 
 def feast_objects() -> list[Any]:
-    from feature_repo import definitions as d
+    """Fresh Feast objects from the declarative repository.
 
+    Fresh each call: Feast changes the objects it applies and materialises (their
+    materialisation intervals, state, version), so objects reused from an earlier
+    apply in the same process carry another store's history; after a local-profile
+    publish, the Redis store's materialisation then wrote nothing readable."""
+    import importlib
+
+    from feature_repo import definitions
+
+    d = importlib.reload(definitions)
     views = [getattr(d, view) for view in VIEWS]
     return [d.item, *views, d.item_predictions]
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -149,11 +150,37 @@ def _frames(views: list, ids: list[str], at: datetime) -> dict[str, pd.DataFrame
     return frames
 
 
+def _apply_and_materialize(settings: Settings, ids: list[str], at: datetime) -> tuple[Any, dict]:
+    """What `publish` does with the offline files: apply the definitions, materialise."""
+    from feast import FeatureView
+
+    from feature_repo.publish import deploy_repo, feast_objects, feature_store
+
+    repo = deploy_repo(settings)
+    objects = feast_objects()
+    views = [o for o in objects if isinstance(o, FeatureView)]
+    frames = _frames(views, ids, at)
+    for fv in views:
+        frames[fv.name].to_parquet(repo / fv.batch_source.path, index=False)
+    store = feature_store(settings)
+    store.apply(objects)
+    store.materialize(start_date=at - timedelta(hours=1), end_date=datetime.now(UTC))
+    return store, frames
+
+
 def test_feast_registry_and_online_store_are_shared(tmp_path: Path, names: dict[str, str]) -> None:
     from feast import FeatureView
     from feast.types import Array
 
     from feature_repo.publish import deploy_repo, feast_objects, feature_store
+
+    ids = ["item-1", "item-2", "item-3"]
+    # Rows a minute old, materialised over the hour before now: no window edge in sight.
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    # A local-profile store first, in this process (as a test run or a worker publishing
+    # twice does): Feast changes the objects it applies, and reused ones once made the
+    # Redis store's materialisation write nothing readable.
+    _apply_and_materialize(make_settings(tmp_path / "local"), ids, at)
 
     writer = prod_settings(tmp_path / "machine-a", names)
     reader = prod_settings(tmp_path / "machine-b", names)
@@ -162,17 +189,8 @@ def test_feast_registry_and_online_store_are_shared(tmp_path: Path, names: dict[
     assert "registry_type: sql" in rendered and "type: redis" in rendered
     assert (repo / "feature_store.yaml").stat().st_mode & 0o077 == 0  # owner-only
 
-    objects = feast_objects()
-    views = [o for o in objects if isinstance(o, FeatureView)]
-    ids = ["item-1", "item-2", "item-3"]
-    # Rows a minute old, materialised over the hour before now: no window edge in sight.
-    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-    frames = _frames(views, ids, at)
-    for fv in views:
-        frames[fv.name].to_parquet(repo / fv.batch_source.path, index=False)
-    fs_a = feature_store(writer)
-    fs_a.apply(objects)
-    fs_a.materialize(start_date=at - timedelta(hours=1), end_date=datetime.now(UTC))
+    fs_a, frames = _apply_and_materialize(writer, ids, at)
+    views = [o for o in feast_objects() if isinstance(o, FeatureView)]
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
