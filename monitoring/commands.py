@@ -45,12 +45,13 @@ def monitor_command(
     page; drift asks for retraining (a `dualmedia-retrain` asset event, with a cooldown)."""
     from monitoring.drift import DriftConfig
     from monitoring.monitor import run_monitor
+    from training.registry import model_name
 
     settings = get_settings()
     config = DriftConfig(cooldown_minutes=cooldown_minutes)
     with contextlib.redirect_stdout(sys.stderr), working("judging drift", as_json):
         result = run_monitor(
-            settings, model or settings.model_name, batch=batch, dataset_uri=dataset,
+            settings, model_name(model, settings), batch=batch, dataset_uri=dataset,
             since=since, config=config, trigger=trigger,
         )  # fmt: skip
     emit(result, as_json, _print_monitor)

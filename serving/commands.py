@@ -47,10 +47,11 @@ def rollback_command(model: ModelNameOpt = None, as_json: JsonOpt = False) -> No
     online feature store."""
     from feature_repo.publish import publish
     from serving.deploy import rollback as serving_rollback
+    from training.registry import model_name
     from training.registry import rollback as registry_rollback
 
     settings = get_settings()
-    name = model or settings.model_name
+    name = model_name(model, settings)
     with contextlib.redirect_stdout(sys.stderr):
         with working(f"moving {name}'s champion back", as_json):
             registry = registry_rollback(name, settings)

@@ -140,11 +140,11 @@ def promote_command(
 ) -> None:
     """Compare the challenger with the champion on the challenger's snapshot and promote
     it only if it is better; the decision and its reason are tagged on the version."""
-    from training.registry import GateConfig, gate
+    from training.registry import GateConfig, gate, model_name
 
     settings = get_settings()
     config = GateConfig(margin=margin, max_label_drop=max_label_drop)
-    name = model or settings.model_name
+    name = model_name(model, settings)
     with (
         contextlib.redirect_stdout(sys.stderr),
         working(f"{name}: challenger vs champion", as_json),

@@ -217,10 +217,30 @@ def rollback(name: str, settings: Settings) -> dict[str, Any]:
     return {"champion": previous, "rolled_back_from": champion.version}
 
 
+def model_name(name: str | None, settings: Settings) -> str:
+    """The registered model a command acts on: `name` when given; else
+    DUALMEDIA_MODEL_NAME when set; else the only registered model (training registers each
+    dataset's runs under the dataset's name); else the default name. A default that is
+    not registered while others are is an error naming them, not a silent fall-back."""
+    if name:
+        return name
+    if "model_name" in settings.model_fields_set:
+        return settings.model_name
+    registered = sorted(m.name for m in _client(settings).search_registered_models())
+    if len(registered) == 1:
+        return registered[0]
+    if registered and settings.model_name not in registered:
+        raise RegistryError(
+            f"which model? {settings.model_name!r} (the default) is not registered; "
+            f"registered: {', '.join(registered)}. Give --model or DUALMEDIA_MODEL_NAME."
+        )
+    return settings.model_name
+
+
 def resolve_version(name: str | None, version: str | None, settings: Settings) -> tuple[str, str]:
-    """(model name, version) a command acts on: the given ones, else the configured model
-    name and its champion; RegistryError when there is no champion yet."""
-    name = name or settings.model_name
+    """(model name, version) a command acts on: the given ones, else `model_name`'s choice
+    and its champion; RegistryError when there is no champion yet."""
+    name = model_name(name, settings)
     version = version or champion_version(name, settings)
     if version is None:
         raise RegistryError(f"{name}: no champion yet; give --version or run `dualmedia promote`")

@@ -75,8 +75,8 @@ MONITOR = textwrap.dedent(
     from monitoring.drift import DriftConfig
     from monitoring.monitor import decide_and_trigger
 
-    calls = Path(sys.argv[1])
-    dataset, start_at = sys.argv[2], float(sys.argv[3])
+    calls, go = Path(sys.argv[1]), Path(sys.argv[3])
+    dataset = sys.argv[2]
 
     def deliver(request):
         # Stands in for Airflow's asset-event API (an HTTP call takes time: the race window).
@@ -87,6 +87,10 @@ MONITOR = textwrap.dedent(
     summary = {"verdict": "drift", "reasons": ["text drift"], "scores": {},
                "report_uri": "s3://lake/r", "window": "batch b1"}
     settings = Settings()
+    print("READY", flush=True)  # imported: the test names the start time once both are
+    while not go.exists():
+        time.sleep(0.01)
+    start_at = float(go.read_text())
     while time.time() < start_at:  # both monitors decide at the same moment
         time.sleep(0.01)
     began = time.time()
@@ -103,10 +107,10 @@ def test_two_monitors_at_once_start_one_retraining(s3_settings: Settings, tmp_pa
     calls = tmp_path / "calls"
     calls.mkdir()
     env = {**os.environ, **s3_settings.child_env()}
-    start_at = time.time() + 45  # after both have imported the monitoring code
+    go = tmp_path / "go"
     monitors = [
         subprocess.Popen(
-            [sys.executable, "-c", MONITOR, str(calls), dataset, str(start_at)],
+            [sys.executable, "-c", MONITOR, str(calls), dataset, str(go)],
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -115,6 +119,14 @@ def test_two_monitors_at_once_start_one_retraining(s3_settings: Settings, tmp_pa
         )
         for _ in range(2)
     ]
+    for monitor in monitors:  # both have imported the monitoring code
+        assert monitor.stdout is not None
+        line = monitor.stdout.readline().strip()
+        if line != "READY":
+            _, err = monitor.communicate(timeout=60)
+            raise AssertionError(f"a monitor did not start ({line!r}): {err[-2000:]}")
+    start_at = time.time() + 1.0
+    go.write_text(str(start_at))
     results = []
     for monitor in monitors:
         out, err = monitor.communicate(timeout=300)

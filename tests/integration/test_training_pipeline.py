@@ -220,3 +220,24 @@ def test_cli_evaluate_prints_json(
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["metrics"]["test/fusion/damaged/macro_f1"] >= 0
+
+
+def test_commands_pick_the_registered_model_or_say_which_to_choose(
+    stack_settings: Settings, client: MlflowClient
+) -> None:
+    """No silent fall-back to the demo's model name (bring-your-own data)."""
+    from training.registry import RegistryError, model_name
+
+    names = {m.name for m in client.search_registered_models()}
+    for name in names:  # a clean registry for this test (other tests register theirs)
+        client.delete_registered_model(name)
+    client.create_registered_model("shop-reviews")
+    assert model_name(None, stack_settings) == "shop-reviews"  # the only one there
+    assert model_name("given", stack_settings) == "given"
+    client.create_registered_model("shop-photos")
+    with pytest.raises(RegistryError) as error:
+        model_name(None, stack_settings)
+    message = str(error.value)
+    assert "customer-feedback" in message and "shop-photos, shop-reviews" in message
+    chosen = stack_settings.model_copy(update={"model_name": "shop-photos"})
+    assert model_name(None, chosen) == "shop-photos"  # DUALMEDIA_MODEL_NAME wins
