@@ -23,7 +23,7 @@ class DualmediaHandler:
         self.task = ""
         self.initialized = False
         self.recorder: Any = None
-        self.max_body_bytes = 0
+        self.max_body_bytes: int | None = None  # set from the settings in initialize
 
     def initialize(self, context: Any) -> None:
         from serving.protocol import TASKS

@@ -29,7 +29,6 @@ from dualmedia import jsonbounds, modalities
 from dualmedia.modalities import MediaBounds, MediaConfig, MediaError
 
 TASKS = ("embed", "search", "insights")
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # settings.serving_max_request_mb's default
 
 
 class BadRequest(Exception):
@@ -64,9 +63,11 @@ class Request:
     k: int = 5
 
 
-def read_json_body(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
-    """A JSON object from a request body: size, then nesting depth, then parsing."""
-    if len(raw) > max_bytes:
+def read_json_body(raw: bytes, max_bytes: int | None = None) -> dict[str, Any]:
+    """A JSON object from a request body: size, then nesting depth, then parsing.
+    `max_bytes`: the server's limit (settings.serving_max_request_bytes; the handler
+    passes it); None in process, where no server limit applies."""
+    if max_bytes is not None and len(raw) > max_bytes:
         raise BadRequest(
             413,
             "payload_too_large",
@@ -84,7 +85,7 @@ def read_json_body(raw: bytes, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[
     return parsed
 
 
-def body_of(row: dict[str, Any], max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
+def body_of(row: dict[str, Any], max_bytes: int | None = None) -> dict[str, Any]:
     """TorchServe's view of one request → a dict of fields.
 
     The server passes bodies undecoded (TS_DECODE_INPUT_REQUEST=false): a JSON body is
@@ -183,7 +184,7 @@ def parse_request(
     media: MediaConfig,
     catalogue: list[str],
     bounds: MediaBounds | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_body_bytes: int | None = None,
 ) -> Request:
     """Validate one request for `task`; raises BadRequest naming the field."""
     body = body_of(row, max_body_bytes)

@@ -55,7 +55,8 @@ SERVED_SCHEMA = pa.schema(
         pa.field("predictions", pa.string()),  # JSON: label -> class (insights only)
     ]
 )
-MAX_ROWS = 20_000  # buffered rows at most (a few tens of MB): settings.served_log_max_rows
+# Buffered rows at most (a few tens of MB) while S3 is unreachable: the setting's default.
+MAX_ROWS: int = Settings.model_fields["served_log_max_rows"].default
 ROWS_PER_FILE = 2_048
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
