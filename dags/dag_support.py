@@ -61,7 +61,7 @@ TRAIN_STEP: dict[str, Any] = {
 def deterministic_errors() -> tuple[type[BaseException], ...]:
     """Errors that a retry cannot fix (imported lazily: stage modules are heavy)."""
     from dualmedia.contract import ContractError
-    from ingestion.pipeline import IngestError
+    from ingestion.runs import IngestError
     from training.registry import RegistryError
 
     return (ContractError, IngestError, RegistryError, ValueError)

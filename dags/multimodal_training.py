@@ -1,4 +1,5 @@
-"""Training pipeline: ingest → validate → snapshot → train alignment → train fusion (and
+"""Training pipeline: pull → validate each new batch (one mapped task per batch, on any
+worker) → validate (all batches together) → snapshot → train alignment → train fusion (and
 its one evaluation) → register → gate → publish features → build archive → deploy → smoke.
 Started by hand or by an asset event (new feedback, drift) that names the dataset.
 
@@ -55,13 +56,26 @@ def multimodal_training() -> None:
         run = run_parameters(params or {}, triggering_asset_events)
         return {**plan_ingest(run["dataset_uri"], get_settings()), "run": run}
 
+    @task
+    def new_batches(plan: dict[str, Any]) -> list[str]:
+        """What validate_batch is mapped over: the batches no snapshot holds yet."""
+        return [] if plan["up_to_date"] else plan["new_batches"]
+
     @task(**IO_RETRIES)
     @no_retry_on_bad_data
-    def validate(plan: dict[str, Any]) -> dict[str, Any]:
-        """Per-record checks, quarantine, Great Expectations suite per new batch."""
-        from ingestion.pipeline import validate_batches
+    def validate_batch(plan: dict[str, Any], batch: str) -> dict[str, Any]:
+        """One new batch (a mapped task each): record checks, quarantine, its GX suite."""
+        from ingestion.validation import validate_batch as check_batch
 
-        summary = validate_batches(plan["plan_uri"], get_settings())
+        return check_batch(plan["plan_uri"], batch, get_settings())
+
+    @task(trigger_rule="none_failed", **IO_RETRIES)  # no new batch: nothing was mapped
+    @no_retry_on_bad_data
+    def validate(plan: dict[str, Any]) -> dict[str, Any]:
+        """All batches together: duplicates across them, reject rates, Data Docs."""
+        from ingestion.validation import finish_validation
+
+        summary = finish_validation(plan["plan_uri"], get_settings())
         summary.pop("batches", None)  # keep XCom small: the full report is in S3
         return summary
 
@@ -132,7 +146,8 @@ def multimodal_training() -> None:
         return verify(str(decision["champion"]), get_settings())
 
     snap = snapshot(plan := pull())
-    validate(plan) >> snap
+    batches = validate_batch.partial(plan=plan).expand(batch=new_batches(plan))
+    batches >> validate(plan) >> snap
     trained = train_fusion(snap, plan)
     train_alignment(snap, plan) >> trained
     decision = gate(register(trained, snap), plan)

@@ -27,7 +27,8 @@ def ingest_command(
     Unchanged input returns the existing snapshot without any work.
     """
     from ingestion.config import IngestConfig
-    from ingestion.pipeline import plan_ingest, publish_snapshot, validate_batches
+    from ingestion.pipeline import plan_ingest, publish_snapshot
+    from ingestion.validation import validate_batches
 
     settings = get_settings()
     cfg = IngestConfig.from_yaml(config) if config else IngestConfig()

@@ -143,8 +143,11 @@ def build_suite(spec: DatasetSpec, config: IngestConfig, n_rows: int) -> Any:
 
 
 class Validator:
-    """One GX context per ingestion run; each batch is one checkpoint run; the Data
-    Docs site in `docs_dir` accumulates them all."""
+    """One GX context. `validate` runs a batch's checkpoint and returns its outcome with
+    the stored result (JSON); `add_result` files such a result, made by any process, in
+    this context; `index` renders the Data Docs site in `docs_dir` from every result filed
+    or run here. So batches can be validated apart (one Airflow task each, on any worker)
+    and their results rendered together by one step, with GX's own pages."""
 
     def __init__(self, docs_dir: Path) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -174,17 +177,20 @@ class Validator:
         )
         self.datasource = self.context.data_sources.add_pandas(name="records")
 
+    def _add_suite(self, batch: str, spec: DatasetSpec, config: IngestConfig, n_rows: int) -> Any:
+        suite = build_suite(spec, config, n_rows)
+        suite.name = f"{spec.name}-{batch}"
+        return self.context.suites.add(suite)
+
     def validate(
         self, batch: str, table: pd.DataFrame, spec: DatasetSpec, config: IngestConfig
-    ) -> SuiteOutcome:
+    ) -> tuple[SuiteOutcome, dict[str, Any]]:
+        """The batch's outcome, and its stored result for `add_result` (JSON-able)."""
         import great_expectations as gx
-        from great_expectations.checkpoint import UpdateDataDocsAction
 
         asset = self.datasource.add_dataframe_asset(name=batch)
         batch_definition = asset.add_batch_definition_whole_dataframe(name=f"{batch}-all")
-        suite = build_suite(spec, config, len(table))
-        suite.name = f"{spec.name}-{batch}"
-        suite = self.context.suites.add(suite)
+        suite = self._add_suite(batch, spec, config, len(table))
         definition = self.context.validation_definitions.add(
             gx.ValidationDefinition(name=f"validate-{batch}", data=batch_definition, suite=suite)
         )
@@ -192,14 +198,19 @@ class Validator:
             gx.Checkpoint(
                 name=f"checkpoint-{batch}",
                 validation_definitions=[definition],
-                actions=[UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
                 result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
             )
         )
         result = checkpoint.run(batch_parameters={"dataframe": table})
         failed: list[FailedExpectation] = []
         evaluated = 0
-        for validation in result.run_results.values():
+        stored: dict[str, Any] = {}
+        for key, validation in result.run_results.items():
+            stored = {
+                "key": list(key.to_tuple()),
+                "rows": len(table),
+                "result": self.context.validation_results_store.serialize(validation),
+            }
             evaluated += validation.statistics["evaluated_expectations"]
             for r in validation.results:
                 if r.success:
@@ -214,7 +225,21 @@ class Validator:
                         cfg.type, cfg.kwargs.get("column"), observed, dict(cfg.meta or {})
                     )
                 )
-        return SuiteOutcome(batch, bool(result.success), evaluated, failed)
+        return SuiteOutcome(batch, bool(result.success), evaluated, failed), stored
+
+    def add_result(
+        self, batch: str, stored: dict[str, Any], spec: DatasetSpec, config: IngestConfig
+    ) -> None:
+        """File a result that `validate` returned (here or in another process), with the
+        suite it ran (rebuilt: the suite is a function of spec, config and row count)."""
+        from great_expectations.data_context.types.resource_identifiers import (
+            ValidationResultIdentifier,
+        )
+
+        self._add_suite(batch, spec, config, int(stored["rows"]))
+        store = self.context.validation_results_store
+        key = ValidationResultIdentifier.from_tuple(tuple(stored["key"]))
+        store.set(key, store.deserialize(stored["result"]))
 
     def index(self) -> Path:
         self.context.build_data_docs(site_names=[SITE])

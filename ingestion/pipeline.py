@@ -8,8 +8,12 @@ between steps lives in object storage under the run prefix
     plan.json            what to do: batches, which are new, the snapshot id
     records/<batch>/     accepted rows of new batches (Parquet shards)
     quarantine/<batch>.jsonl   rejected lines with reason and message
+    batches/<batch>.json       a validated batch's summary, claimed ids, GX result
     data_docs/           Great Expectations Data Docs
     validated.json       the validation summary (written last: the step is done)
+
+Validation (ingestion/validation.py) runs per batch, so the DAG maps it over the new
+batches, and then once over all of them.
 
 The snapshot id is a content hash of the dataset spec, every batch's objects, the
 ingestion bounds and the preprocessing: unchanged input gives the same id, and a
@@ -23,16 +27,13 @@ import io
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from dualmedia.contract import DatasetSpec, parse_dataset_spec
+from dualmedia.contract import parse_dataset_spec
 from dualmedia.settings import Settings
 from dualmedia.snapshot import (
     SPLITS,
@@ -43,30 +44,21 @@ from dualmedia.snapshot import (
     snapshot_prefix,
 )
 from dualmedia.storage import ObjectStore, S3Uri
-from ingestion.checks import ParsedRecord, Rejection, check_media, parse_line
 from ingestion.config import IngestConfig
-from ingestion.expectations import SuiteOutcome, Validator, record_table, summary_row
+from ingestion.runs import IngestError, load_plan, run_prefix
 from ingestion.shards import ShardWriter
-from ingestion.source import Batch, DatasetSource
+from ingestion.source import DatasetSource
+from ingestion.validation import Progress, validate_batches
 
 # Bump when decoding or preprocessing changes: old snapshots then stop matching.
 PREPROCESS_VERSION = "2"
-CHUNK = 64  # records whose media are fetched concurrently
 
-Progress = Callable[[int], None]
-
-
-class IngestError(RuntimeError):
-    """Ingestion refused the data; the message says why and where the reports are."""
+__all__ = ["IngestError", "ingest", "plan_ingest", "publish_snapshot"]
 
 
 def _hash(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-def run_prefix(lake_bucket: str, dataset: str, snapshot_id: str) -> S3Uri:
-    return S3Uri(lake_bucket, f"ingest-runs/{dataset}/{snapshot_id}")
 
 
 # ---- step 1: plan ------------------------------------------------------------------------
@@ -128,191 +120,12 @@ def plan_ingest(
     }
 
 
-def _load_plan(store: ObjectStore, plan_uri: str) -> dict[str, Any]:
-    return json.loads(store.read_text(plan_uri))
-
-
-# ---- step 2: validate --------------------------------------------------------------------
-def validate_batches(
-    plan_uri: str,
-    settings: Settings,
-    progress: Progress | None = None,
-    docs_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Check every record of the new batches, quarantine the bad ones with a reason, run
-    the Great Expectations suite per batch, and stage accepted rows for the snapshot.
-
-    Raises IngestError when a batch rejects more than the configured share of records
-    or fails its suite; the quarantine and Data Docs are written either way."""
-    store = ObjectStore(settings)
-    plan = _load_plan(store, plan_uri)
-    run = S3Uri.parse(plan["run_uri"])
-    done = run.join("validated.json")
-    if plan["up_to_date"] or store.exists(done):
-        summary = json.loads(store.read_text(done)) if store.exists(done) else {"status": "ok"}
-        return {**summary, "skipped": True}
-    config = IngestConfig.model_validate(plan["config"])
-    spec = parse_dataset_spec(plan["spec_text"])
-    source = DatasetSource(store, plan["dataset_uri"])
-    batches = {b.name: b for b in source.batches()}
-    changed = [
-        name
-        for name in plan["new_batches"]
-        if name not in batches or batches[name].fingerprint != plan["batches"][name]
-    ]
-    if changed:
-        raise IngestError(
-            f"{plan['dataset_uri']}: batches {changed} changed since planning; run the plan again"
-        )
-    seen_ids = _carried_ids(store, plan)
-    docs_dir = Path(docs_dir) if docs_dir else None
-    with tempfile.TemporaryDirectory(prefix="dualmedia-ingest-") as tmp:
-        work = Path(tmp)
-        validator = Validator(docs_dir or work / "data_docs")
-        per_batch = []
-        for name in plan["new_batches"]:
-            per_batch.append(
-                _validate_batch(
-                    batches[name], source, spec, config, seen_ids, work, validator, progress
-                )
-            )
-        docs_index = validator.index()
-        store.upload_dir(work / "records", run.join("records"), skip_unchanged=False)
-        store.upload_dir(work / "quarantine", run.join("quarantine"), skip_unchanged=False)
-        store.upload_dir(validator.docs_dir, run.join("data_docs"), skip_unchanged=False)
-    problems = [p for b in per_batch for p in b["problems"]]
-    summary = {
-        "status": "failed" if problems else "ok",
-        "dataset": plan["dataset"],
-        "snapshot_id": plan["snapshot_id"],
-        "batches": per_batch,
-        "read": sum(b["read"] for b in per_batch),
-        "accepted": sum(b["accepted"] for b in per_batch),
-        "quarantined": sum(b["quarantined"] for b in per_batch),
-        "reasons": dict(sum((Counter(b["reasons"]) for b in per_batch), Counter())),
-        "quarantine_uri": str(run.join("quarantine")),
-        "data_docs_uri": str(run.join("data_docs", "index.html")),
-        "data_docs_local": str(docs_index) if docs_dir else None,
-        "problems": problems,
-    }
-    if problems:
-        store.write_json(run.join("validation-failed.json"), summary)
-        raise IngestError(
-            "ingestion refused the data: "
-            + "; ".join(problems)
-            + f". Quarantine: {summary['quarantine_uri']}; Data Docs: {summary['data_docs_uri']}"
-        )
-    store.write_json(done, summary)
-    return summary
-
-
-def _carried_ids(store: ObjectStore, plan: dict[str, Any]) -> set[str]:
-    """Ids of records kept from the previous snapshot (for duplicate detection)."""
-    if not plan["previous_snapshot_uri"]:
-        return set()
-    carried = set(plan["carried_batches"])
-    previous = Snapshot(store, plan["previous_snapshot_uri"])
-    ids: set[str] = set()
-    for table in previous.iter_tables(columns=["id", "batch"]):
-        for record_id, batch in zip(
-            table.column("id").to_pylist(), table.column("batch").to_pylist(), strict=True
-        ):
-            if batch in carried:
-                ids.add(record_id)
-    return ids
-
-
-def _validate_batch(
-    batch: Batch,
-    source: DatasetSource,
-    spec: DatasetSpec,
-    config: IngestConfig,
-    seen_ids: set[str],
-    work: Path,
-    validator: Validator,
-    progress: Progress | None,
-) -> dict[str, Any]:
-    writer = ShardWriter(work / "records" / batch.name, record_schema(spec), config.shard_rows)
-    quarantine_path = work / "quarantine" / f"{batch.name}.jsonl"
-    quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-    reasons: Counter[str] = Counter()
-    table_rows: list[dict[str, Any]] = []  # metadata only (no media): small
-    read = 0
-
-    def outcomes() -> Iterator[dict[str, Any] | Rejection]:
-        nonlocal read
-        lines = (
-            (n, raw) for n, raw in enumerate(source.manifest_lines(batch), start=1) if raw.strip()
-        )
-        with ThreadPoolExecutor(max_workers=config.fetch_workers) as pool:
-            while chunk := list(islice(lines, CHUNK)):
-                read += len(chunk)
-                parsed = [parse_line(raw, n, spec, config, seen_ids) for n, raw in chunk]
-                futures = [
-                    pool.submit(check_media, p, batch, source, spec, config)
-                    if isinstance(p, ParsedRecord)
-                    else None
-                    for p in parsed
-                ]
-                for p, future in zip(parsed, futures, strict=True):
-                    yield future.result() if future is not None else p
-                if progress:
-                    progress(len(chunk))
-
-    with open(quarantine_path, "w", encoding="utf-8") as quarantine:
-        for outcome in outcomes():
-            if isinstance(outcome, Rejection):
-                reasons[outcome.reason.value] += 1
-                quarantine.write(json.dumps(outcome.to_dict(batch.name), ensure_ascii=False) + "\n")
-            else:
-                writer.add(outcome)
-                table_rows.append(summary_row(outcome, spec))
-    writer.close()
-    accepted = writer.written
-    quarantined = sum(reasons.values())
-    if accepted + quarantined != read:  # a real check: `python -O` drops asserts
-        raise IngestError(
-            f"batch {batch.name!r}: {read} records read but {accepted} accepted + "
-            f"{quarantined} quarantined; nothing is published when a record would be lost"
-        )
-    problems = []
-    reject_rate = quarantined / read if read else 0.0
-    if reject_rate > config.max_reject_rate:
-        problems.append(
-            f"batch {batch.name!r} rejected {quarantined} of {read} records "
-            f"({reject_rate:.0%} > the {config.max_reject_rate:.0%} allowed)"
-        )
-    suite: SuiteOutcome | None = None
-    if accepted:
-        suite = validator.validate(batch.name, record_table(table_rows, spec), spec, config)
-        if not suite.success:
-            failed = ", ".join(
-                f"{f.expectation}({f.column}){' ' + json.dumps(f.detail) if f.detail else ''}"
-                for f in suite.failed
-            )
-            problems.append(
-                f"batch {batch.name!r} failed {len(suite.failed)} expectations: {failed}"
-            )
-    elif read:
-        problems.append(f"batch {batch.name!r} has no acceptable record")
-    return {
-        "batch": batch.name,
-        "read": read,
-        "accepted": accepted,
-        "quarantined": quarantined,
-        "reject_rate": round(reject_rate, 4),
-        "reasons": dict(sorted(reasons.items())),
-        "expectations": suite.to_dict() if suite else None,
-        "problems": problems,
-    }
-
-
 # ---- step 3: publish the snapshot -------------------------------------------------------
 def publish_snapshot(plan_uri: str, settings: Settings) -> dict[str, Any]:
     """Assemble carried-over and newly validated rows into the snapshot and publish it
     atomically (nothing is visible until the commit marker is written)."""
     store = ObjectStore(settings)
-    plan = _load_plan(store, plan_uri)
+    plan = load_plan(store, plan_uri)
     target = S3Uri.parse(plan["snapshot_uri"])
     run = S3Uri.parse(plan["run_uri"])
     if store.is_committed(target):

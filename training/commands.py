@@ -64,8 +64,8 @@ def train_command(
     from dualmedia.snapshot import Snapshot
     from dualmedia.storage import ObjectStore
     from training.config import load_train_config
+    from training.launch import run_training
     from training.registry import register as register_version
-    from training.train import train
 
     train_config = load_train_config(config or DEFAULT_CONFIG)
     if epochs is not None:
@@ -82,7 +82,7 @@ def train_command(
         train_config = train_config.model_copy(update={"hardware": updated})
     # Libraries print to stdout now and then; only the result may go there.
     with contextlib.redirect_stdout(sys.stderr):
-        result = train(snapshot, train_config, get_settings(), resume=resume, progress=True)
+        result = run_training(snapshot, train_config, get_settings(), resume, progress=True)
     if not result:
         return  # a worker process of a distributed run: the first process reports
     if register_model:

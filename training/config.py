@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from dualmedia.contract import read_yaml_model
+from dualmedia.contract import parse_yaml_model, read_yaml_model
 from training.models.config import ModelConfig
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "train"
@@ -26,6 +27,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
+    # The global batch: N processes take batch_size / N items each, and the contrastive
+    # loss compares all batch_size items (features are gathered), so the same config
+    # optimises the same way on one CPU or many GPUs.
     batch_size: int = 32
     eval_batch_size: int = 128
     # Sampling weight of an item = frequency(modality combination, primary class) ** -power:
@@ -143,8 +147,25 @@ def named_config(
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    """Read a YAML training configuration; ValueError naming the file and field if invalid."""
-    return read_yaml_model(TrainConfig, path, "training config")
+    """Read a YAML training configuration; ValueError naming the file and field if invalid.
+
+    A configuration may start from another one of configs/train/ (`base: tiny`) and set
+    only what differs; mappings merge key by key, anything else replaces."""
+    text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
+    raw = yaml.safe_load(text) if text else None
+    if not isinstance(raw, dict) or "base" not in raw:
+        return read_yaml_model(TrainConfig, path, "training config")
+    base = load_train_config(REPO_CONFIGS / f"{raw.pop('base')}.yaml").model_dump(mode="json")
+    merged = yaml.safe_dump(_merge(base, raw))
+    return parse_yaml_model(TrainConfig, merged, str(path), "training config")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

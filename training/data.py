@@ -149,6 +149,16 @@ class BalancedSampler(Sampler[int]):
         return self.per_rank
 
 
+def rank_batch_size(global_batch: int, world_size: int) -> int:
+    """Each process's share of the global batch (`data.batch_size`)."""
+    if global_batch % world_size:
+        raise ValueError(
+            f"data.batch_size {global_batch} does not split over {world_size} processes: "
+            f"use a multiple of {world_size}"
+        )
+    return global_batch // world_size
+
+
 class SnapshotDataModule(pl.LightningDataModule):
     """Train/val loaders over snapshot arrays; the sampler reads rank and world size from
     the trainer, so the same module works on one CPU or many GPUs."""
@@ -181,13 +191,14 @@ class SnapshotDataModule(pl.LightningDataModule):
         sampler = BalancedSampler(self.weights, len(self.weights), self.seed, rank, world)
         dataset = MultimodalDataset(self.train_arrays, self.modalities, self.config.augment)
         per_rank = len(sampler)
+        batch_size = rank_batch_size(self.config.batch_size, world)
         return DataLoader(
             dataset,
-            batch_size=self.config.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             collate_fn=collate_with(self.media, self.modalities),
             # A contrastive batch of one has no negatives; drop a tiny tail, keep a big one.
-            drop_last=per_rank > self.config.batch_size,
+            drop_last=per_rank > batch_size,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -20,6 +20,7 @@ from dualmedia.modalities.batch import Batch
 from training.config import FusionStageConfig, StageConfig
 from training.data import drop_modalities
 from training.metrics import classification_scores, retrieval_recall
+from training.models.distributed import sum_over_ranks, world_size
 from training.models.factory import FusedModel
 from training.models.loss import ClipLoss, symmetric_clip_loss
 
@@ -50,15 +51,26 @@ def label_loss(
     class_weights: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mean over labels of the cross-entropy on items whose label is known (-1 = missing),
-    optionally weighted per class."""
+    optionally weighted per class: per label, sum(w * ce) / sum(w) over the global batch.
+
+    Under DDP each rank divides its own sum by the weight summed over all ranks (times the
+    world size, which DDP's gradient averaging takes back), so N ranks give the loss and
+    gradients of one process with the whole batch, however the known labels and rare
+    classes fall across ranks."""
+    world = world_size()
     losses = []
     for name, target in labels.items():
         known = target >= 0
         if rows is not None:
             known = known & rows
-        if known.any():
-            weight = class_weights.get(name) if class_weights else None
-            losses.append(F.cross_entropy(logits[name][known], target[known], weight=weight))
+        safe = target.clamp(min=0)
+        weight = class_weights.get(name) if class_weights else None
+        w = weight[safe] if weight is not None else torch.ones_like(safe, dtype=torch.float)
+        w = w * known
+        total = sum_over_ranks(w.sum())
+        if float(total) > 0:
+            ce = F.cross_entropy(logits[name], safe, reduction="none")
+            losses.append((w * ce).sum() / total * world)
     if not losses:
         return sum(x.sum() for x in logits.values()) * 0.0
     return torch.stack(losses).mean()
@@ -265,9 +277,11 @@ class FusionModule(_StageModule):
             loss = loss + self.stage.contrastive_loss_weight * contrastive
             self.log("train/contrastive_loss", contrastive, batch_size=len(batch["ids"]))
         size = len(batch["ids"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log("train/fused_loss", fused, batch_size=size)
-        self.log("train/unimodal_loss", unimodal, batch_size=size)
+        # Each rank holds its share of the global loss (see label_loss): the mean over
+        # ranks is the loss of the whole batch.
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log("train/fused_loss", fused, batch_size=size, sync_dist=True)
+        self.log("train/unimodal_loss", unimodal, batch_size=size, sync_dist=True)
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

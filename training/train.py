@@ -176,6 +176,7 @@ class _Run:
             "resumed_from_step": resumed_from,
             "epochs": int(trainer.current_epoch),
             "seconds": round(time.monotonic() - started, 1),
+            "world_size": int(trainer.world_size),  # processes that trained it (DDP)
         }
         if self.rank0:
             self.state.completed_stages.append(stage)
@@ -354,11 +355,13 @@ def train_from_params(
     snapshot_uri: str, params: dict[str, Any], settings: Settings, **kwargs: Any
 ) -> dict[str, Any]:
     """`train` as a pipeline run asks for it: a named configuration with the run's
-    overrides (train_config, epochs, batch_size, fusion_type), resumable, no console bars."""
+    overrides (train_config, epochs, batch_size, fusion_type), resumable, no console bars,
+    in as many processes as its `hardware` asks for (training.launch)."""
     from training.config import named_config
+    from training.launch import run_training
 
     config = named_config(
         params["train_config"], params.get("epochs"), params.get("batch_size"),
         params.get("fusion_type"),
     )  # fmt: skip
-    return train(snapshot_uri, config, settings, resume=True, progress=False, **kwargs)
+    return run_training(snapshot_uri, config, settings, resume=True, progress=False, **kwargs)

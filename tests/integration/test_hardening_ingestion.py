@@ -21,14 +21,9 @@ from dualmedia.settings import Settings
 from dualmedia.snapshot import Snapshot
 from dualmedia.stack import Stack
 from dualmedia.storage import ObjectStore, S3Uri
-from ingestion.pipeline import (
-    IngestError,
-    ingest,
-    plan_ingest,
-    publish_snapshot,
-    validate_batches,
-)
+from ingestion.pipeline import IngestError, ingest, plan_ingest, publish_snapshot
 from ingestion.source import SHOWN_BYTES, DatasetSource, LineTooLong, MediaUnavailable
+from ingestion.validation import validate_batches
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
@@ -213,9 +208,9 @@ def test_an_over_long_manifest_line_has_its_own_reason(
 def test_a_lost_record_is_a_real_error_not_an_assert(
     s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ingestion.pipeline as pipeline
+    import ingestion.validation as validation
 
-    class LosesOneRow(pipeline.ShardWriter):  # type: ignore[misc,name-defined]
+    class LosesOneRow(validation.ShardWriter):  # type: ignore[misc,name-defined]
         lost = False
 
         def add(self, row: dict[str, Any]) -> None:
@@ -226,7 +221,7 @@ def test_a_lost_record_is_a_real_error_not_an_assert(
 
     store = ObjectStore(s3_settings)
     uri = dataset(store, s3_settings, 20)
-    monkeypatch.setattr(pipeline, "ShardWriter", LosesOneRow)
+    monkeypatch.setattr(validation, "ShardWriter", LosesOneRow)
     with pytest.raises(IngestError, match=r"20 records read but 19 accepted \+ 0 quarantined"):
         ingest(uri, s3_settings)
     assert not store.is_committed(plan_ingest(uri, s3_settings)["snapshot_uri"])

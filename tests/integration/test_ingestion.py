@@ -173,3 +173,56 @@ def test_media_by_absolute_s3_uri(s3_settings: Settings, tmp_path: Path) -> None
         original = rows[json.loads(line)["id"]]
         copy = rows["abs-" + json.loads(line)["id"]]
         assert copy["image"] == original["image"] and copy["audio"] == original["audio"]
+
+
+def test_batches_validated_apart_publish_the_serial_snapshot(
+    s3_settings: Settings, tmp_path: Path
+) -> None:
+    """The DAG validates each batch in its own mapped task, in any order, on any worker;
+    `finish_validation` then joins them. The snapshot is the serial one: same id, same
+    rows, same quarantine, including ids repeated across batches."""
+    from ingestion.pipeline import publish_snapshot
+    from ingestion.validation import finish_validation, validate_batch
+
+    folder = tmp_path / "ds"
+    for i in range(3):
+        generate_dataset(folder, 30, seed=4, batch=f"batch-000{i + 1}", start_index=30 * i)
+    first = [
+        json.loads(x)
+        for x in (folder / "batch-0001" / "manifest.jsonl").read_text().split("\n")
+        if x
+    ]
+    third = folder / "batch-0003" / "manifest.jsonl"
+    lines = [json.loads(x) for x in third.read_text().splitlines() if x]
+    lines[5]["id"] = first[0]["id"]  # good media, id of an earlier batch
+    lines.append(first[1])  # id of an earlier batch, and media this batch does not have
+    third.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    uri = _upload(folder, s3_settings, "apart")
+
+    serial_settings = s3_settings.model_copy(update={"lake_bucket": "lake-serial"})
+    mapped_settings = s3_settings.model_copy(update={"lake_bucket": "lake-mapped"})
+    for lake in ("lake-serial", "lake-mapped"):
+        ObjectStore(s3_settings).ensure_bucket(lake)
+    serial = ingest(uri, serial_settings)
+
+    plan = plan_ingest(uri, mapped_settings)
+    assert plan["new_batches"] == ["batch-0001", "batch-0002", "batch-0003"]
+    for batch in reversed(plan["new_batches"]):  # the order workers happen to finish in
+        validate_batch(plan["plan_uri"], batch, mapped_settings)
+    assert validate_batch(plan["plan_uri"], "batch-0002", mapped_settings)["skipped"]
+    finish_validation(plan["plan_uri"], mapped_settings)
+    mapped = publish_snapshot(plan["plan_uri"], mapped_settings)
+
+    assert mapped["snapshot_id"] == serial["snapshot_id"]
+    for key in ("read", "accepted", "quarantined", "reasons", "splits"):
+        assert mapped[key] == serial[key], key
+    assert serial["reasons"] == {"duplicate_id": 2} and serial["read"] == 91
+    duplicates = {
+        (q["batch"], q["id"]) for q in _quarantine(ObjectStore(s3_settings), mapped["snapshot_uri"])
+    }
+    assert duplicates == {("batch-0003", first[0]["id"]), ("batch-0003", first[1]["id"])}
+    store = ObjectStore(s3_settings)
+    assert _quarantine(store, mapped["snapshot_uri"]) == _quarantine(store, serial["snapshot_uri"])
+    tables = [Snapshot(store, s["snapshot_uri"]).table().sort_by("id") for s in (serial, mapped)]
+    assert tables[0].equals(tables[1])
+    assert tables[0].num_rows == 89

@@ -1,17 +1,21 @@
-"""The production profile's Airflow on this machine's real PostgreSQL and Redis.
+"""The production profile on this machine's real PostgreSQL and Redis.
 
-One stack for the module: api-server, scheduler, dag-processor, triggerer and two Celery
-workers (queues default + train), metadata DB and result backend in a PostgreSQL
-database of its own, the broker's keys in Redis under a key prefix of its own; both are
-dropped / deleted at the end (no FLUSHDB: the Redis may be shared). The DAGs are small
-test DAGs in a temporary dags folder: they prove the routing and the failure handling,
-not the training pipeline.
+One stack for the module: S3, MLflow on PostgreSQL, TorchServe, and Airflow's api-server,
+scheduler, dag-processor, triggerer and two Celery workers (queues default + train), its
+metadata DB and result backend in a PostgreSQL database of its own, the broker's keys in
+Redis under a key prefix of its own, Feast's registry in PostgreSQL and its online store
+in a Redis database of its own; all are dropped / deleted at the end (no FLUSHDB: the
+Redis may be shared). The dags folder holds the platform's DAGs and two small test DAGs
+(routing, worker loss). The training DAG runs whole on the Celery workers: batches
+validated by mapped tasks, training in two DDP processes (configs/train/tiny-ddp.yaml).
+The worker-loss test runs last: it leaves one worker dead.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import time
@@ -19,19 +23,27 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import SecretStr
 
 from dualmedia.airflow_api import AirflowClient
+from dualmedia.datasets import upload_dataset
 from dualmedia.settings import Settings
+from dualmedia.snapshot import Snapshot
 from dualmedia.stack import Stack
 from dualmedia.stack import postgres as pg
+from dualmedia.storage import ObjectStore, S3Uri
+from synthetic import generate_dataset
 from tests.conftest import make_settings
+from training.checkpoints import RunState
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
 REDIS_DB = 11  # this module's broker; other production tests use other numbers
+FEAST_REDIS_DB = 13  # this module's Feast online store
+REPO = Path(__file__).resolve().parents[2]
 
 # Each task records which process ran it and that process's ancestors: the test finds
 # among them the pid of the `airflow celery worker` that ran it.
@@ -99,12 +111,13 @@ def _services_available() -> str | None:
     return None
 
 
-def redis_delete(db: int, prefix: str) -> int:
-    """Delete this module's keys (all under its prefix): Redis may be shared, no FLUSHDB."""
+def redis_delete(db: int, pattern: str) -> int:
+    """Delete this module's keys (`pattern`: the broker's prefix*, *Feast's project name):
+    Redis may be shared, no FLUSHDB."""
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=6379, db=db)
-    keys = list(client.scan_iter(match=f"{prefix}*"))
+    keys = list(client.scan_iter(match=pattern))
     return client.delete(*keys) if keys else 0
 
 
@@ -115,7 +128,7 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, S
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("prod-airflow")
     dags = root / "dags"
-    dags.mkdir()
+    shutil.copytree(REPO / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
     (dags / "celery_test_dags.py").write_text(DAGS)
     suffix = uuid.uuid4().hex[:8]
     s = make_settings(
@@ -131,9 +144,12 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, S
         airflow_worker_concurrency=1,
         airflow_task_heartbeat_timeout_s=20,
         airflow_password=SecretStr("production-test"),
+        airflow_pause_new_dags=True,  # only what a test unpauses runs
         dags_folder=dags,
+        feast_redis=SecretStr(f"127.0.0.1:6379,db={FEAST_REDIS_DB}"),
+        feast_project=f"dmtest_{suffix}",
     )
-    stack = Stack(s, only=["airflow"])
+    stack = Stack(s)
     try:
         stack.up()
         yield s, stack, root
@@ -141,7 +157,8 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, S
         stack.down()
         for name in pg.platform_databases(s):
             pg.drop_database(s, name)
-        redis_delete(REDIS_DB, s.redis_key_prefix)
+        redis_delete(REDIS_DB, f"{s.redis_key_prefix}*")
+        redis_delete(FEAST_REDIS_DB, f"*{s.feast_project}")
 
 
 def _wait_for_dags(client: AirflowClient, ids: set[str], timeout: float = 180) -> None:
@@ -189,7 +206,7 @@ def _task_rows(s: Settings, dag_id: str, run_id: str) -> dict[str, dict]:
 
 def test_status_reports_the_production_backends(prod: tuple[Settings, Stack, Path]) -> None:
     s, stack, _ = prod
-    states = {st.name: st for st in stack.status()}
+    states = {st.name: st for st in stack.status() if st.name.startswith("airflow")}
     assert {n: st.state for n, st in states.items()} == dict.fromkeys(
         [
             "airflow",
@@ -239,6 +256,89 @@ def test_tasks_run_on_celery_workers_by_queue(prod: tuple[Settings, Stack, Path]
 
     broker = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
     assert any(True for _ in broker.scan_iter(match=f"{s.redis_key_prefix}*"))
+
+
+def _all_task_rows(s: Settings, dag_id: str, run_id: str) -> list[dict]:
+    keys = ("task_id", "map_index", "state", "executor", "queue", "hostname", "pid")
+    rows = pg.query(
+        s,
+        s.postgres_airflow_db,
+        f"SELECT {', '.join(keys)} FROM task_instance WHERE dag_id = %s AND run_id = %s",
+        (dag_id, run_id),
+    )
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def test_training_dag_runs_on_the_workers_with_mapped_validation_and_ddp(
+    prod: tuple[Settings, Stack, Path],
+) -> None:
+    """The whole training DAG on Celery workers: one mapped validation task per batch,
+    training in 2 DDP processes, the model registered in MLflow's PostgreSQL, features in
+    Redis, the model deployed. Its evaluation equals one process training the same config."""
+    from training.config import named_config
+    from training.launch import run_training
+    from training.models.scoring import score_arrays
+    from training.registry import TAG_SNAPSHOT_URI, load_registered_model, register
+
+    s, stack, root = prod
+    client = AirflowClient(s)
+    _wait_for_dags(client, {"multimodal_training"})
+    folder, uri = root / "dataset", f"s3://{s.raw_bucket}/prod-feedback"
+    for i in range(3):
+        generate_dataset(folder, 40, seed=6, batch=f"batch-000{i + 1}", start_index=40 * i)
+    upload_dataset(folder, uri, ObjectStore(s))
+    conf = {"dataset_uri": uri, "train_config": "tiny-ddp"}
+    run = _run(client, "multimodal_training", conf, timeout=1200)
+    rows = _all_task_rows(s, "multimodal_training", run["dag_run_id"])
+    states = {(r["task_id"], r["map_index"]): r["state"] for r in rows}
+    assert run["state"] == "success", states
+
+    scheduler_pid = stack.service("airflow-scheduler").process().pid
+    mapped = sorted(r["map_index"] for r in rows if r["task_id"] == "validate_batch")
+    assert mapped == [0, 1, 2]  # one task per new batch
+    for r in rows:
+        assert r["state"] in ("success", "skipped"), r
+        assert r["executor"] in (None, "CeleryExecutor")  # None: the default executor
+        assert r["hostname"] and r["pid"] not in (None, scheduler_pid), r
+        train_step = r["task_id"] in ("train_alignment", "train_fusion")
+        assert r["queue"] == ("train" if train_step else "default"), r
+
+    trained = client.xcom("multimodal_training", run["dag_run_id"], "train_fusion")
+    assert (
+        trained["snapshot_id"]
+        == client.xcom("multimodal_training", run["dag_run_id"], "snapshot")["snapshot_id"]
+    )
+    registered = client.xcom("multimodal_training", run["dag_run_id"], "register")
+    name, version = registered["registered_model"], registered["version"]
+    db = s.postgres_mlflow_db
+    assert pg.query(s, db, "SELECT version FROM model_versions WHERE name = %s", (name,)) == [
+        (int(version),)
+    ]
+    aliases = pg.query(s, db, "SELECT alias FROM registered_model_aliases WHERE name = %s", (name,))
+    assert ("champion",) in aliases
+
+    # Training ran in 2 processes; one process with the same config computes the same.
+    model, tags = load_registered_model(name, version, s)
+    config = named_config("tiny-ddp")
+    single = config.model_copy(
+        update={"hardware": config.hardware.model_copy(update={"devices": 1, "strategy": "auto"})}
+    )
+    reference = run_training(tags[TAG_SNAPSHOT_URI], single, s, progress=False)
+    assert {st["world_size"] for st in reference["stages"].values()} == {1}
+    ref_version = register(reference, s, name="ddp-reference")["version"]
+    ref_model, _ = load_registered_model("ddp-reference", ref_version, s)
+    test = Snapshot(ObjectStore(s), tags[TAG_SNAPSHOT_URI]).arrays("test")
+    ours, theirs = score_arrays(model, test), score_arrays(ref_model, test)
+    for modality in model.modalities:
+        np.testing.assert_allclose(
+            ours.embeddings[modality], theirs.embeddings[modality], atol=2e-3
+        )
+    metrics = trained["metrics"]
+    assert metrics.keys() == reference["metrics"].keys()
+    assert max(abs(metrics[k] - reference["metrics"][k]) for k in metrics) <= 0.1
+    state = RunState.load(ObjectStore(s), S3Uri.parse(trained["checkpoint_uri"]))
+    assert state is not None
+    assert {st["world_size"] for st in state.stage_results.values()} == {2}
 
 
 def test_killed_worker_costs_a_retry_on_the_other(prod: tuple[Settings, Stack, Path]) -> None:

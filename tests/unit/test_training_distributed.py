@@ -1,5 +1,6 @@
 """Gathering features with gradients: 2 gloo processes with batch B give the loss and the
-(DDP-averaged) gradients of 1 process with the concatenated batch 2B."""
+(DDP-averaged) gradients of 1 process with the concatenated batch 2B. The same holds for
+the label losses (class-weighted, with labels and modalities missing unevenly)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,21 @@ SETUP = textwrap.dedent(
         model = build_fused_model(dataset_spec(), MediaConfig(), config)
         arrays = random_arrays(dataset_spec(), {GLOBAL_BATCH}, MediaConfig(), 0.3, seed=1)
         items = [MultimodalDataset(arrays, model.modalities)[i] for i in range(len(arrays))]
+        # Every other label of the first items unknown: ranks hold unequal known counts.
+        for i, item in enumerate(items[: {GLOBAL_BATCH} // 2]):
+            for j, name in enumerate(sorted(item["labels"])):
+                if (i + j) % 2:
+                    item["labels"][name] = -1
         return model, items
+
+    def label_objective(model, batch):
+        from training.lit import label_loss
+        weights = {{n: torch.arange(1.0, len(c) + 1) for n, c in model.classes.items()}}
+        out = model(batch)
+        fused = label_loss(out.logits, batch["labels"], None, weights)
+        unimodal = [label_loss(out.unimodal[m], batch["labels"], out.present[m], weights)
+                    for m in model.modalities]
+        return fused + torch.stack(unimodal).sum()
     """
 )
 
@@ -60,18 +75,29 @@ WORKER = SETUP + textwrap.dedent(
     embeddings = model.encoder(batch)
     loss, pairs = ClipLoss()(embeddings, batch["present"], model.encoder.logit_scale)
     loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)  # what DDP does: average gradients over ranks
-            grads[name] = p.grad / world
-    torch.save({"loss": loss.detach(), "pairs": sorted(pairs), "grads": grads}, out)
+
+    def averaged_grads():
+        grads = {}
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)  # what DDP does: average gradients over ranks
+                grads[name] = p.grad / world
+        model.zero_grad(set_to_none=True)
+        return grads
+
+    grads = averaged_grads()
+    labels = label_objective(model, batch)
+    labels.backward()
+    label_grads = averaged_grads()
+    dist.all_reduce(labels)  # each rank holds its share: the mean is the batch's loss
+    torch.save({"loss": loss.detach(), "pairs": sorted(pairs), "grads": grads,
+                "label_loss": labels.detach() / world, "label_grads": label_grads}, out)
     dist.destroy_process_group()
     """
 )
 
 
-def reference() -> tuple[torch.Tensor, list[str], dict[str, torch.Tensor]]:
+def reference() -> dict[str, object]:
     namespace: dict = {}
     exec(SETUP, namespace)
     model, items = namespace["setup"]()
@@ -80,7 +106,12 @@ def reference() -> tuple[torch.Tensor, list[str], dict[str, torch.Tensor]]:
     loss, pairs = ClipLoss()(embeddings, batch["present"], model.encoder.logit_scale)
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), sorted(pairs), grads
+    model.zero_grad(set_to_none=True)
+    labels = namespace["label_objective"](model, batch)
+    labels.backward()
+    label_grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return {"loss": loss.detach(), "pairs": sorted(pairs), "grads": grads,
+            "label_loss": labels.detach(), "label_grads": label_grads}  # fmt: skip
 
 
 def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path: Path) -> None:
@@ -106,17 +137,19 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path: Pat
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
 
-    loss, pairs, grads = reference()
-    assert pairs == ["image_audio", "text_audio", "text_image"]
-    assert "encoder.logit_scale" in grads
-    assert any(n.startswith("encoder.trunks.image") for n in grads)
+    ref = reference()
+    assert ref["pairs"] == ["image_audio", "text_audio", "text_image"]
+    assert "encoder.logit_scale" in ref["grads"]
+    assert any(n.startswith("encoder.trunks.image") for n in ref["grads"])
+    assert any(n.startswith("fusion.") for n in ref["label_grads"])
     for rank in (0, 1):
         result = torch.load(tmp_path / f"rank{rank}.pt")
-        assert result["pairs"] == pairs
-        assert torch.allclose(result["loss"], loss, atol=1e-5), (rank, result["loss"], loss)
-        assert set(result["grads"]) == set(grads)
-        for name, grad in grads.items():
-            assert torch.allclose(result["grads"][name], grad, atol=1e-5, rtol=1e-4), name
+        assert result["pairs"] == ref["pairs"]
+        for loss, grads in (("loss", "grads"), ("label_loss", "label_grads")):
+            assert torch.allclose(result[loss], ref[loss], atol=1e-5), (rank, loss)
+            assert set(result[grads]) == set(ref[grads])
+            for name, grad in ref[grads].items():
+                assert torch.allclose(result[grads][name], grad, atol=1e-5, rtol=1e-4), name
 
 
 def test_without_gathering_each_rank_would_see_only_its_half() -> None:

@@ -3,7 +3,9 @@
 Contrastive losses need every rank's features: each rank computes the loss over the whole
 global batch, with gradients flowing back through the gather (`gather_with_grad`), so
 N ranks with batch B give the loss and (after DDP's gradient averaging) the gradients of
-one process with batch N*B. Every rank must pass tensors of the same shape.
+one process with batch N*B. Every rank must pass tensors of the same shape. Weighted
+means (the label losses) divide by the weight summed over ranks (`sum_over_ranks`) for
+the same reason.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of `tensor` over all ranks (a count, a weight: nothing to differentiate)."""
+    if not is_distributed():
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total
 
 
 def is_launcher_rank_zero() -> bool:
