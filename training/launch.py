@@ -60,7 +60,7 @@ def needs_launch(hardware: HardwareConfig) -> bool:
         raise ValueError(
             f"num_nodes={hardware.num_nodes}: start `torchrun --nnodes {hardware.num_nodes} "
             "--nproc-per-node <devices> --rdzv-backend c10d --rdzv-endpoint <host:port> -m "
-            "dualmedia train ...` on every node (recipe: infra/k8s/training-job.yaml); one "
+            "dualmedia.cli train ...` on every node (recipe: infra/k8s/train-job.yaml); one "
             "process cannot start the others"
         )
     return processes_per_node(hardware) > 1
