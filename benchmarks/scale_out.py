@@ -19,7 +19,7 @@ a gather and an all-reduce. On a cluster each worker or process has its own mach
 
     .venv/bin/python benchmarks/scale_out.py [--batches 8] [--records 50] [--json]
 
-Needs PostgreSQL and Redis on 127.0.0.1 (5432, 6379). About 6 minutes on 2 cores.
+Needs PostgreSQL and Redis on 127.0.0.1 (5432, 6379). About 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
