@@ -19,12 +19,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the pinned dependencies
+# The scripts and styles of Great Expectations' Data Docs, pinned (package-lock.json), so
+# the docs open offline (ingestion/data_docs.py). From the npm registry, like pip's wheels.
+DOCS_ASSETS := ingestion/data_docs_assets
+ASSETS_STAMP := $(DOCS_ASSETS)/node_modules/.installed
 
-demo: $(STAMP)  ## start the local stack and run the demo
+$(ASSETS_STAMP): $(DOCS_ASSETS)/package.json $(DOCS_ASSETS)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix $(DOCS_ASSETS) --ignore-scripts --no-audit --no-fund --loglevel=error \
+	  && touch $@; \
+	else \
+	  echo "install: WARNING: no npm here: Data Docs keep their CDN links (they need the internet)"; \
+	fi
+
+install: $(STAMP) $(ASSETS_STAMP)  ## create .venv and install the pinned dependencies
+
+demo: $(STAMP) $(ASSETS_STAMP)  ## start the local stack and run the demo
 	$(BIN)/python -m synthetic.demo
 
-test: $(STAMP) browser-setup  ## lint, then run every test (starts real services on free ports)
+test: $(STAMP) $(ASSETS_STAMP) browser-setup  ## lint, then run every test (starts real services on free ports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

@@ -242,5 +242,9 @@ class Validator:
         store.set(key, store.deserialize(stored["result"]))
 
     def index(self) -> Path:
+        """Render the site; its pages load their scripts and styles from the site itself."""
+        from ingestion.data_docs import bundle
+
         self.context.build_data_docs(site_names=[SITE])
+        bundle(self.docs_dir)
         return self.docs_dir / "index.html"
