@@ -113,14 +113,16 @@ def _wait_for_dag(client: AirflowClient, dag_id: str, timeout: float = 120) -> N
 def show_model(settings: Settings, facts: dict[str, Any]) -> str:
     from mlflow import MlflowClient
 
+    from training.tracking import ui_route
+
     client = MlflowClient(tracking_uri=settings.mlflow_uri)
     champion = client.get_model_version_by_alias(settings.model_name, "champion")
     run = client.get_run(champion.tags["dualmedia.run_id"])
     facts["champion"] = champion.version
     facts["mlflow_run"] = (
-        f"{settings.mlflow_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        f"{settings.mlflow_uri}/{ui_route(run.info.experiment_id, run.info.run_id)}"
     )
-    facts["mlflow_experiment"] = f"{settings.mlflow_uri}/#/experiments/{run.info.experiment_id}"
+    facts["mlflow_experiment"] = f"{settings.mlflow_uri}/{ui_route(run.info.experiment_id)}"
     f1 = {
         k.split("/")[2]: v
         for k, v in run.data.metrics.items()

@@ -80,7 +80,8 @@ def register(train_summary: dict[str, Any], settings: Settings, name: str) -> di
     if existing:
         version = existing[0]
     else:
-        commit = client.get_run(run_id).data.tags.get("mlflow.source.git.commit", "unknown")
+        run = client.get_run(run_id)
+        commit = run.data.tags.get("mlflow.source.git.commit", "unknown")
         tags = {
             TAG_RUN: run_id,
             TAG_SNAPSHOT: train_summary["snapshot_id"],
@@ -92,6 +93,9 @@ def register(train_summary: dict[str, Any], settings: Settings, name: str) -> di
         version = mlflow.register_model(
             train_summary["model_uri"], name, tags=tags, await_registration_for=60
         )
+        client.update_model_version(
+            name, version.version, description=version_description(run, train_summary, settings)
+        )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return {
         "registered_model": name,
@@ -100,6 +104,24 @@ def register(train_summary: dict[str, Any], settings: Settings, name: str) -> di
         "model_uri": f"models:/{name}/{version.version}",
         "run_id": run_id,
     }
+
+
+def version_description(run: Any, train_summary: dict[str, Any], settings: Settings) -> str:
+    """What a registered version's page says (Markdown): the run that trained it, the
+    snapshot and its Data Docs, and where the drift reports of the dataset are."""
+    from monitoring.monitor import monitoring_prefix
+    from training.tracking import ui_route
+
+    snapshot = train_summary["snapshot_uri"]
+    dataset = run.data.tags.get("dualmedia.dataset", "")
+    link = ui_route(run.info.experiment_id, run.info.run_id)
+    drift = monitoring_prefix(settings, dataset).join("index.html")
+    return (
+        f"Trained by run [{run.info.run_name}]({link}) on snapshot `{snapshot}` "
+        f"(Data Docs: `{snapshot}/data_docs/index.html`).\n\n"
+        f"Drift reports of `{dataset}`: `{drift}` (each is also attached to the champion's "
+        "run under `drift/`)."
+    )
 
 
 def _version_by_alias(client: Any, name: str, alias: str) -> Any | None:

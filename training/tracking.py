@@ -25,6 +25,8 @@ from training.config import TrainConfig, flatten
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_PARAM_CHARS = 500
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow UI's own tag and value
+MODEL_TRAINING = "custom_model_development"
 
 
 def git_commit() -> str | None:
@@ -44,6 +46,13 @@ def git_commit() -> str | None:
     return sha if result.returncode == 0 and len(sha) == 40 else None
 
 
+def ui_route(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's route (after the server's `/`) of an experiment or one of its runs,
+    in the model-training view: MLflow 3 opens in its GenAI view unless the link says."""
+    run = f"/runs/{run_id}" if run_id else ""
+    return f"#/experiments/{experiment_id}{run}?workflowType=machine_learning"
+
+
 def quiet_mlflow() -> None:
     """MLflow prints run URLs to stdout, which must stay clean for `--json` output; these
     are MLflow's own switches, set only where the user has not set them."""
@@ -54,7 +63,13 @@ def quiet_mlflow() -> None:
 def configure(settings: Settings, config: TrainConfig) -> None:
     quiet_mlflow()
     mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_experiment(settings.mlflow_experiment)
+    experiment = mlflow.set_experiment(settings.mlflow_experiment)
+    if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+        # MLflow 3 opens an experiment without this tag in its GenAI view, where a training
+        # run is listed under "Evaluation runs"; this kind opens the model-training view.
+        mlflow.MlflowClient(settings.mlflow_uri).set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING
+        )
     mlflow.system_metrics.set_system_metrics_sampling_interval(
         config.tracking.system_metrics_interval_s
     )

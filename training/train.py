@@ -325,9 +325,9 @@ def train(
             if not rank0:
                 return {}
             metrics = _evaluate_and_log(model, run, splits)
-            model_uri = _log_model(
-                model, run, splits["test"] if len(splits["test"]) else splits["val"]
-            )
+        # The model hangs on the parent run, the one people open: it lists the logged
+        # model, and the registered versions link back to it.
+        model_uri = _log_model(model, run, splits["test"] if len(splits["test"]) else splits["val"])
         summary_metrics = key_metrics(metrics)
         mlflow.log_metrics({k: v for k, v in summary_metrics.items() if "/fusion/" in k})
         mlflow.set_tag("dualmedia.model_uri", model_uri)

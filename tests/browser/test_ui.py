@@ -174,3 +174,45 @@ def test_find_the_run_in_the_mlflow_ui(stack: Settings, page: Page, artifacts: P
     expect(metric).to_contain_text("0.8125")
     metric.scroll_into_view_if_needed()  # the run page scrolls inside a panel
     shot(page, artifacts, "05-mlflow-run")
+
+
+def test_a_training_run_as_mlflow_shows_it(
+    stack: Settings, page: Page, artifacts: Path, tmp_path: Path
+) -> None:
+    """A real (tiny) training: its experiment opens in MLflow's model-training view with the
+    run listed, the run page names its logged model and registered version, and the
+    version's page links back to the run."""
+    from dualmedia.storage import ObjectStore
+    from synthetic.fixtures import synthetic_snapshot
+    from training.config import REPO_CONFIGS, load_train_config
+    from training.registry import register
+    from training.train import train
+
+    s = stack
+    snapshot = synthetic_snapshot(ObjectStore(s), s.lake_bucket, tmp_path, 60, seed=4)
+    trained = train(snapshot, load_train_config(REPO_CONFIGS / "tiny.yaml"), s, progress=False)
+    version = register(trained, s, name="browser-model")["version"]
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=s.mlflow_uri).get_run(trained["parent_run_id"])
+    experiment_id = run.info.experiment_id
+
+    from training.tracking import ui_route
+
+    page.goto(f"{s.mlflow_uri}/{ui_route(experiment_id)}")  # as the demo and versions link it
+    link = page.get_by_role("link", name=run.info.run_name, exact=True)
+    expect(link).to_be_visible()  # listed as a training run, not under "Evaluation runs"
+    shot(page, artifacts, "06-mlflow-training-experiment")
+
+    # The run as the demo and the version's description link it (a click on the list
+    # above opens MLflow's GenAI layout of the run page, which leaves logged models out).
+    page.goto(f"{s.mlflow_uri}/{ui_route(experiment_id, run.info.run_id)}")
+    expect(page.get_by_role("link", name="browser-model", exact=True).first).to_be_visible()
+    model_id = trained["model_uri"].removeprefix("models:/")
+    expect(page.locator(f"a[href*='{model_id}']").first).to_be_visible()
+    shot(page, artifacts, "07-mlflow-parent-run")
+
+    page.goto(f"{s.mlflow_uri}/#/models/browser-model/versions/{version}")
+    back = page.get_by_role("link", name=run.info.run_name).first
+    expect(back).to_be_visible()
+    shot(page, artifacts, "08-mlflow-model-version")

@@ -101,6 +101,28 @@ def test_parent_run_has_params_tags_inputs_and_system_metrics(
     assert any(k.startswith("system/") for k in run.data.metrics), run.data.metrics.keys()
 
 
+def test_mlflow_shows_the_experiment_as_training_and_links_run_model_and_version(
+    trained: dict[str, Any], client: MlflowClient, stack_settings: Settings
+) -> None:
+    """What MLflow's UI reads: the experiment kind (model-training view, not GenAI), the
+    logged model on the parent run, the registered version pointing back at that run."""
+    from training.registry import register
+
+    parent = client.get_run(trained["parent_run_id"])
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    model_id = trained["model_uri"].removeprefix("models:/")
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == trained["parent_run_id"]  # "Logged models" of the parent
+    registered = register(trained, stack_settings, name="linked-model")
+    version = client.get_model_version("linked-model", registered["version"])
+    assert version.run_id == trained["parent_run_id"]  # "Registered models" of the parent
+    run_link = f"#/experiments/{experiment.experiment_id}/runs/{trained['parent_run_id']}?"
+    assert run_link in version.description
+    assert trained["snapshot_uri"] in version.description
+    assert "monitoring/customer-feedback/index.html" in version.description
+
+
 def test_stage_runs_are_nested_with_step_and_epoch_metrics(
     trained: dict[str, Any], client: MlflowClient
 ) -> None:
