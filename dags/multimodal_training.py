@@ -135,8 +135,7 @@ def multimodal_training() -> None:
         from training import registry
 
         name, margin = registered["registered_model"], plan["run"]["promotion_margin"]
-        decision = registry.gate(name, get_settings(), registry.GateConfig(margin=margin))
-        return {**decision, "registered_model": name}
+        return registry.gate(name, get_settings(), registry.GateConfig(margin=margin))
 
     @task(**IO_RETRIES)
     def smoke_test(decision: dict[str, Any]) -> dict[str, str]:

@@ -28,7 +28,11 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 ModelNameOpt = Annotated[
     str | None,
-    typer.Option("--model", help="Registered model name (default: DUALMEDIA_MODEL_NAME)."),
+    typer.Option(
+        "--model",
+        help="Registered model name (training registers a dataset's under its name); "
+        "default: DUALMEDIA_MODEL_NAME when set, else the only registered model.",
+    ),
 ]
 VersionOpt = Annotated[str | None, typer.Option(help="Model version (default: the champion).")]
 

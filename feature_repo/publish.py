@@ -184,11 +184,28 @@ def _gather_offline(
             if version == f"v{current}":
                 part["event_timestamp"] = now
             parts.append(part)
+        path = target / "data" / f"{view}.parquet"
         if parts:
             frame = pd.concat(parts, ignore_index=True)
             stamps += [frame["event_timestamp"].min(), frame["event_timestamp"].max()]
-            frame.to_parquet(target / "data" / f"{view}.parquet", index=False)
+            frame.to_parquet(path, index=False)
+        else:  # a modality the dataset does not have: the view exists, with no rows
+            _empty_embedding_table(view).to_pandas().to_parquet(path, index=False)
     return min(stamps).to_pydatetime(), max(stamps).to_pydatetime()
+
+
+def _empty_embedding_table(view: str) -> Any:
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [
+            ("item_id", pa.string()),
+            (view, pa.list_(pa.float32())),
+            ("model_version", pa.string()),
+            ("event_timestamp", pa.timestamp("ns", tz="UTC")),
+        ]
+    )
+    return schema.empty_table()
 
 
 # ---- the step -------------------------------------------------------------------------------

@@ -9,15 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
-from dualmedia.console import JsonOpt, emit, out, working
+from dualmedia.console import JsonOpt, ModelNameOpt, emit, out, working
 from dualmedia.settings import get_settings
 
 
 def monitor_command(
-    model: Annotated[
-        str | None,
-        typer.Option("--model", help="Registered model (default: DUALMEDIA_MODEL_NAME)."),
-    ] = None,
+    model: ModelNameOpt = None,
     batch: Annotated[
         str | None,
         typer.Option(

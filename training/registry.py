@@ -150,6 +150,7 @@ def gate(name: str, settings: Settings, config: GateConfig | None = None) -> dic
             "champion": champion.version,
             "champion_before": champion.version,
             "reason": "the challenger is already the champion",
+            "registered_model": name,
         }
     if champion is None:
         decision = {"promoted": True, "reason": "first model: no champion yet"}
@@ -188,6 +189,7 @@ def gate(name: str, settings: Settings, config: GateConfig | None = None) -> dic
     decision["champion"] = (
         challenger.version if decision["promoted"] else (champion.version if champion else None)
     )
+    decision["registered_model"] = name
     return decision
 
 
