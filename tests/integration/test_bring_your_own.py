@@ -10,9 +10,7 @@ to the demo's `customer-feedback`).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from PIL import Image
 from dualmedia.settings import Settings
 from dualmedia.stack import Stack
 from tests.conftest import make_settings
+from tests.integration.test_cli import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -78,16 +77,7 @@ def byo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 def user_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
     """The CLI with the stack's settings, and DUALMEDIA_MODEL_NAME unset as in a new
     user's shell (Settings.child_env exports every setting, defaults included)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALMEDIA_")}
-    env.update(settings.child_env())
-    env.pop("DUALMEDIA_MODEL_NAME")
-    return subprocess.run(
-        [sys.executable, "-m", "dualmedia.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(settings, *args, unset=("DUALMEDIA_MODEL_NAME",))
 
 
 def cli_json(settings: Settings, *args: str) -> dict:

@@ -17,9 +17,14 @@ from synthetic import generate_dataset
 pytestmark = pytest.mark.integration
 
 
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
+def run_cli(
+    settings: Settings, *args: str, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """`dualmedia ARGS` with these settings as DUALMEDIA_* variables, minus `unset`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUALMEDIA_")}
     env.update(settings.child_env())
+    for name in unset:
+        env.pop(name, None)
     return subprocess.run(
         [sys.executable, "-m", "dualmedia.cli", *args],
         env=env,
