@@ -107,9 +107,7 @@ def validate_batch(
         )
     with tempfile.TemporaryDirectory(prefix="dualmedia-ingest-") as tmp:
         work = Path(tmp)
-        summary, claimed, gx_result = _validate_batch(
-            found, source, spec, config, _carried_ids(store, plan), work, progress
-        )
+        summary, claimed, gx_result = _validate_batch(found, source, spec, config, work, progress)
         # A retry of this step replaces what an interrupted try left.
         store.delete_prefix(run.join("records", batch))
         store.upload_dir(work / "records" / batch, run.join("records", batch))
@@ -140,11 +138,14 @@ def _validate_batch(
     source: DatasetSource,
     spec: DatasetSpec,
     config: IngestConfig,
-    seen_ids: set[str],
     work: Path,
     progress: Progress | None,
 ) -> tuple[dict[str, Any], list[tuple[str, int]], dict[str, Any] | None]:
-    """The batch's summary, the (id, line) pairs it claimed first, and its GX result."""
+    """The batch's summary, the (id, line) pairs it claimed first, and its GX result.
+
+    Only ids repeated within the batch are caught here; ids of earlier or carried-over
+    batches are finish_validation's (it reads the previous snapshot once, not per task)."""
+    seen_ids: set[str] = set()
     writer = ShardWriter(work / "records" / batch.name, record_schema(spec), config.shard_rows)
     reasons: Counter[str] = Counter()
     table_rows: list[dict[str, Any]] = []  # metadata only (no media): small

@@ -192,16 +192,21 @@ def _worker_of(stack: Stack, ran: dict) -> str | None:
     return None
 
 
-def _task_rows(s: Settings, dag_id: str, run_id: str) -> dict[str, dict]:
+def _all_task_rows(s: Settings, dag_id: str, run_id: str) -> list[dict]:
+    """The run's task instances (a mapped task has one per map index)."""
+    keys = ("task_id", "map_index", "state", "executor", "queue", "hostname", "pid", "try_number")
     rows = pg.query(
         s,
         s.postgres_airflow_db,
-        "SELECT task_id, state, executor, queue, hostname, pid, try_number "
-        "FROM task_instance WHERE dag_id = %s AND run_id = %s",
+        f"SELECT {', '.join(keys)} FROM task_instance WHERE dag_id = %s AND run_id = %s",
         (dag_id, run_id),
     )
-    keys = ("task_id", "state", "executor", "queue", "hostname", "pid", "try_number")
-    return {r[0]: dict(zip(keys, r, strict=True)) for r in rows}
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def _task_rows(s: Settings, dag_id: str, run_id: str) -> dict[str, dict]:
+    """The run's unmapped task instances by task id."""
+    return {r["task_id"]: r for r in _all_task_rows(s, dag_id, run_id) if r["map_index"] == -1}
 
 
 def test_status_reports_the_production_backends(prod: tuple[Settings, Stack, Path]) -> None:
@@ -256,17 +261,6 @@ def test_tasks_run_on_celery_workers_by_queue(prod: tuple[Settings, Stack, Path]
 
     broker = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
     assert any(True for _ in broker.scan_iter(match=f"{s.redis_key_prefix}*"))
-
-
-def _all_task_rows(s: Settings, dag_id: str, run_id: str) -> list[dict]:
-    keys = ("task_id", "map_index", "state", "executor", "queue", "hostname", "pid")
-    rows = pg.query(
-        s,
-        s.postgres_airflow_db,
-        f"SELECT {', '.join(keys)} FROM task_instance WHERE dag_id = %s AND run_id = %s",
-        (dag_id, run_id),
-    )
-    return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 def test_training_dag_runs_on_the_workers_with_mapped_validation_and_ddp(
