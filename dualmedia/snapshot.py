@@ -189,6 +189,11 @@ class Snapshot:
             table = table.filter(pa.array(mask))
         return table_to_arrays(table, self.spec, self.media)
 
+    def validation_arrays(self) -> SnapshotArrays:
+        """The val split, or the train split of a snapshot too small to have one."""
+        arrays = self.arrays("val")
+        return arrays if len(arrays) else self.arrays("train")
+
 
 def table_to_arrays(table: pa.Table, spec: DatasetSpec, media: MediaConfig) -> SnapshotArrays:
     """Records (RECORD_SCHEMA rows) -> model inputs, through each modality's `from_record`."""

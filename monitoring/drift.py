@@ -36,7 +36,9 @@ class DriftConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Embeddings: a cross-validated linear domain classifier on every dimension.
-    embedding_sample: int = Field(10_000, ge=2)  # items per side; larger windows are sampled
+    # Items per side that the verdict and its report look at; larger windows are sampled
+    # (seeded), once, so every check and every section of the report sees the same rows.
+    embedding_sample: int = Field(10_000, ge=2)
     embedding_folds: int = Field(5, ge=2)
     # Ridge added to the window's covariance, relative to its mean variance and scaled
     # by dims / training items: 0.016 for 10k x 256 per side, 1.6 for 50 x 128 (there,
@@ -57,13 +59,21 @@ class DriftConfig(BaseModel):
     prediction_method: str = "jensenshannon"
     prediction_threshold: float = 0.1
     prediction_significance: float = Field(0.01, gt=0, lt=1)
-    # Raw fields and what triggers a retrain.
+    # Modality-aware checks (monitoring/signals.py): drift when the mean moves by this
+    # much (absolute) and a test rejects "no change" at `signal_significance`.
+    gate_shift_threshold: float = Field(0.1, gt=0)  # a modality's fusion gate weight
+    alignment_shift_threshold: float = Field(0.1, gt=0)  # cosine between an item's modalities
+    disagreement_shift_threshold: float = Field(
+        0.1, gt=0
+    )  # share of items whose modalities disagree
+    missing_shift_threshold: float = Field(0.2, gt=0)  # share of items without a modality
+    signal_significance: float = Field(0.01, gt=0, lt=1)
+    # Raw fields and what triggers a retrain: "embeddings", "predictions", "modalities"
+    # (the checks above), "data" (a share of the raw fields).
     column_drift_share: float = 0.5  # share of raw columns that must drift for "data drift"
     min_window: int = 50  # fewer served items than this: no verdict
-    retrain_on: tuple[str, ...] = ("embeddings", "predictions")
+    retrain_on: tuple[str, ...] = ("embeddings", "predictions", "modalities")
     cooldown_minutes: float = 60.0
-    # The HTML report (t-SNE cost grows with this).
-    report_sample: int = 400
     seed: int = 0
 
 
@@ -75,6 +85,9 @@ class DriftResult:
     method: str
     threshold: float | None
     seconds: float
+    # The compared means, for checks that compare one (monitoring/signals.py).
+    reference: float | None = None
+    current: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,20 +100,6 @@ def _sample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 def _frame(x: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(
         np.asarray(x, dtype=np.float32), columns=[f"e{i}" for i in range(x.shape[1])]
-    )
-
-
-def embedding_method(config: DriftConfig) -> Any:
-    """The nearest of Evidently's own methods, for the report's embedding section: its
-    domain classifier on every dimension, drift above the same quantile of random AUCs.
-    The verdict is `embedding_drift` on the whole window. This method runs on the
-    report's smaller sample, so near the threshold it can disagree with the verdict."""
-    from evidently.legacy.metrics.data_drift.embedding_drift_methods import model
-
-    return model(
-        threshold=config.embedding_auc_threshold,
-        bootstrap=True,
-        quantile_probability=config.embedding_quantile,
     )
 
 

@@ -19,7 +19,6 @@ drift at once start one retraining.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import tempfile
@@ -34,9 +33,10 @@ from typing import Any
 from dualmedia.settings import Settings
 from dualmedia.storage import ObjectStore, S3Uri
 from monitoring.drift import DriftConfig
-from monitoring.report import Verdict, Window, judge, render
+from monitoring.report import Verdict, judge
 
 TRAINING_DAG = "multimodal_training"
+STAMP = "%Y%m%dT%H%M%S%fZ"  # a report's time, its folder's name
 log = logging.getLogger(__name__)
 # How a retraining request (the asset event's extra) reaches Airflow; returns what to
 # report about it (e.g. {"via": ..., "url": ...}).
@@ -64,6 +64,7 @@ def run_monitor(
     posted as an asset event through Airflow's REST API."""
     from dualmedia.snapshot import Snapshot
     from monitoring.window import batch_window, reference_window, served_window
+    from training.models.scoring import unimodal_reliability
     from training.registry import TAG_SNAPSHOT_URI, champion_version, load_registered_model
 
     config = config or DriftConfig()
@@ -74,17 +75,42 @@ def run_monitor(
     store = ObjectStore(settings)
     snapshot = Snapshot(store, tags[TAG_SNAPSHOT_URI])
     dataset = snapshot.spec.name
-    reference = reference_window(model, snapshot, version)
+    # Which modality's vote counts in a disagreement: as the served archive decides it.
+    reliability = unimodal_reliability(model, snapshot.validation_arrays())
+    reference = reference_window(model, snapshot, version, reliability)
     if batch is not None:
         current = batch_window(
-            model, dataset_uri or snapshot.info.source_uri, batch, settings, version
+            model, dataset_uri or snapshot.info.source_uri, batch, settings, version, reliability
         )
         window_name = f"batch {batch}"
     else:
         current = served_window(settings, dataset, since=since)
         window_name = f"served since {since.isoformat() if since else 'the start'}"
     verdict = judge(reference, current, config)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    summary = publish_report(settings, dataset, model_name, version, window_name, verdict, config)
+    report_prefix = monitoring_prefix(settings, dataset).join("reports", summary["time"])
+    _attach_to_mlflow(settings, tags, report_prefix, summary)
+    summary["trigger"] = decide_and_trigger(
+        settings, dataset, snapshot.info.source_uri, summary, config, trigger, deliver
+    )
+    store.write_json(report_prefix.join("summary.json"), summary)
+    return summary
+
+
+def publish_report(
+    settings: Settings,
+    dataset: str,
+    model_name: str,
+    version: str,
+    window_name: str,
+    verdict: Verdict,
+    config: DriftConfig,
+    stamp: str | None = None,
+) -> dict[str, Any]:
+    """Keep a verdict's report in object storage, refresh the dataset's drift index and
+    add the report to the Evidently workspace; returns the summary."""
+    store = ObjectStore(settings)
+    stamp = stamp or datetime.now(UTC).strftime(STAMP)
     report_prefix = monitoring_prefix(settings, dataset).join("reports", stamp)
     summary: dict[str, Any] = {
         "time": stamp,
@@ -100,39 +126,31 @@ def run_monitor(
         "n_reference": verdict.n_reference,
         "n_current": verdict.n_current,
     }
-    _save_report(settings, store, reference, current, config, verdict, report_prefix, summary)
-    _attach_to_mlflow(settings, tags, report_prefix, summary)
+    _save_report(store, config, verdict, report_prefix, summary)
     summary["index"] = update_index(settings, dataset)
     summary["workspace"] = _add_to_workspace(settings, dataset, report_prefix, store)
-    summary["trigger"] = decide_and_trigger(
-        settings, dataset, snapshot.info.source_uri, summary, config, trigger, deliver
-    )
-    store.write_json(report_prefix.join("summary.json"), summary)
     return summary
 
 
 def _save_report(
-    settings: Settings,
     store: ObjectStore,
-    reference: Window,
-    current: Window,
     config: DriftConfig,
     verdict: Verdict,
     prefix: S3Uri,
     summary: dict[str, Any],
 ) -> None:
+    from monitoring.report_page import write_report
+
+    context = {
+        "dataset": summary["dataset"],
+        "window": summary["window"],
+        "model": f"{summary['model']} v{summary['model_version']}",
+        "time (UTC)": summary["time"],
+    }
     with tempfile.TemporaryDirectory(prefix="dualmedia-drift-") as tmp:
         folder = Path(tmp)
-        if len(current.frame) >= 10:
-            snapshot = render(reference, current, config, verdict)
-            snapshot.save_html(str(folder / "report.html"))
-            snapshot.save_json(str(folder / "report.json"))
-            (folder / "evidently_snapshot.json").write_text(snapshot.dumps())
-        else:
-            (folder / "report.html").write_text(
-                f"<html><body><h1>No report</h1><p>{html.escape('; '.join(verdict.reasons))}</p>"
-                "</body></html>"
-            )
+        stamp = datetime.strptime(summary["time"], STAMP).replace(tzinfo=UTC)
+        write_report(verdict, config, context, folder, stamp)
         (folder / "verdict.json").write_text(json.dumps({**summary, **verdict.to_dict()}, indent=2))
         store.upload_dir(folder, prefix, skip_unchanged=False)
 
@@ -158,15 +176,10 @@ def _attach_to_mlflow(
     client.set_tag(run_id, "dualmedia.last_drift_verdict", summary["verdict"])
 
 
-def _skipped_note(entry: dict[str, Any]) -> str:
-    skipped = entry.get("skipped") or []  # reports written before this field have none
-    if not skipped:
-        return ""
-    return f"<br><span style='color:#b9770e'>{html.escape('; '.join(skipped))}</span>"
-
-
 def update_index(settings: Settings, dataset: str) -> dict[str, str]:
-    """Regenerate the index page of every report of a dataset, newest first."""
+    """Regenerate the index page of every report of a dataset (monitoring/index_page.py)."""
+    from monitoring.index_page import index_page
+
     store = ObjectStore(settings)
     base = monitoring_prefix(settings, dataset)
     entries = []
@@ -174,34 +187,12 @@ def update_index(settings: Settings, dataset: str) -> dict[str, str]:
         summary_uri = base.join("reports", stamp, "verdict.json")
         if store.exists(summary_uri):
             entries.append(json.loads(store.read_text(summary_uri)))
-    entries.sort(key=lambda e: e["time"], reverse=True)
     local_root = settings.home_dir / "monitoring" / dataset
-    rows = []
     for e in entries:
         local_report = local_root / "reports" / e["time"] / "report.html"
         if not local_report.exists():
             store.download_file(base.join("reports", e["time"], "report.html"), local_report)
-        colour = "#c0392b" if e["verdict"] == "drift" else "#27ae60"
-        rows.append(
-            "<tr>"
-            f"<td>{html.escape(e['time'])}</td>"
-            f"<td style='color:{colour};font-weight:bold'>{html.escape(e['verdict'])}</td>"
-            f"<td>{html.escape(e['window'])}</td>"
-            f"<td>v{html.escape(str(e['model_version']))}</td>"
-            f"<td>{html.escape('; '.join(e['reasons']) or '-')}{_skipped_note(e)}</td>"
-            f"<td><a href='reports/{e['time']}/report.html'>report</a></td>"
-            "</tr>"
-        )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>Drift reports: {html.escape(dataset)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;"
-        "border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
-        f"<h1>Drift reports: {html.escape(dataset)}</h1>"
-        f"<p>{len(entries)} reports, newest first.</p><table>"
-        "<tr><th>time (UTC)</th><th>verdict</th><th>window</th><th>model</th>"
-        "<th>why</th><th></th></tr>" + "".join(rows) + "</table></body></html>"
-    )
+    page = index_page(dataset, entries)
     local_root.mkdir(parents=True, exist_ok=True)
     (local_root / "index.html").write_text(page, encoding="utf-8")
     store.write_bytes(base.join("index.html"), page.encode(), "text/html")
@@ -218,11 +209,15 @@ def _add_to_workspace(
     from evidently.core.report import Snapshot as EvidentlySnapshot
     from evidently.ui.workspace import Workspace
 
+    from monitoring.evidently_metrics import add_trend_panels
+
     folder = settings.home_dir / "evidently"
     workspace = Workspace.create(str(folder))
     found = workspace.search_project(dataset)
     project = found[0] if found else workspace.create_project(dataset, description="drift reports")
-    workspace.add_run(project.id, EvidentlySnapshot.loads(store.read_text(uri)), include_data=False)
+    snapshot = EvidentlySnapshot.loads(store.read_text(uri))
+    workspace.add_run(project.id, snapshot, include_data=False)
+    add_trend_panels(project, snapshot)
     return str(folder)
 
 

@@ -1,15 +1,14 @@
-"""A monitoring window against its reference: the verdict and the browsable report.
+"""A monitoring window against its reference: the verdict.
 
 A window is what a model saw: one row per item with raw-field statistics, modality
-presence and predicted classes, plus the per-modality embeddings. The reference is
-the training snapshot scored by the same model.
+presence, predicted classes and the modality signals (monitoring/signals.py), plus the
+per-modality embeddings. The reference is the training snapshot scored by the same
+model. The report a person reads is monitoring/report_page.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +19,11 @@ from dualmedia import modalities
 from monitoring.drift import (
     DriftConfig,
     DriftResult,
-    _sample,
     embedding_drift,
-    embedding_method,
     prediction_drift,
     value_drift,
 )
+from monitoring.signals import SignalCheck, signal_checks, signal_drift
 
 # Raw fields and presence flags the monitor compares, from the modality registry.
 RAW_COLUMNS = tuple(c for m in modalities.specs() for c in m.monitored)
@@ -34,13 +32,31 @@ PRESENCE_COLUMNS = tuple(m.has_column for m in modalities.specs())
 
 @dataclass
 class Window:
-    frame: pd.DataFrame  # id, RAW_COLUMNS, PRESENCE_COLUMNS, pred_<label>
-    embeddings: dict[str, np.ndarray]  # modality or "fused" -> N_m x D
+    frame: pd.DataFrame  # id, RAW_COLUMNS, PRESENCE_COLUMNS, pred_<label>, signal columns
+    # modality -> N x D, row i is item i's (NaN for an item without the modality)
+    embeddings: dict[str, np.ndarray]
     model_version: str = ""
 
     @property
     def prediction_columns(self) -> list[str]:
         return [c for c in self.frame.columns if c.startswith("pred_")]
+
+    def present(self, modality: str) -> np.ndarray:
+        """The embeddings of the items that have the modality, in item order."""
+        vectors = self.embeddings[modality]
+        has = self.frame[modalities.get(modality).has_column].to_numpy(dtype=bool)
+        return vectors[has & ~np.isnan(vectors).any(axis=1)]
+
+    def sample(self, n: int, seed: int) -> Window:
+        """At most n items, drawn once (seeded); the same rows of the frame and vectors."""
+        if len(self.frame) <= n:
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self.frame), n, replace=False))
+        return Window(
+            self.frame.iloc[rows].reset_index(drop=True),
+            {m: e[rows] for m, e in self.embeddings.items()},
+            self.model_version,
+        )
 
 
 @dataclass
@@ -52,6 +68,9 @@ class Verdict:
     n_reference: int = 0
     n_current: int = 0
     seconds: float = 0.0
+    # The rows every check judged (the windows, sampled); the report shows these.
+    windows: tuple[Window, Window] | None = field(default=None, repr=False)
+    raw_fields: str = ""  # how many raw fields drifted, against the share that counts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +80,7 @@ class Verdict:
             "n_reference": self.n_reference,
             "n_current": self.n_current,
             "seconds": round(self.seconds, 3),
+            "raw_fields": self.raw_fields,
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -77,6 +97,7 @@ class Comparable:
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]]  # modality -> (reference, current)
     predictions: list[str]  # pred_<label> columns
     numeric: list[str]  # raw fields with values on both sides (no images: no brightness)
+    signals: list[SignalCheck]  # modality-aware checks with enough values on both sides
     skipped: list[str]
 
 
@@ -93,8 +114,13 @@ def comparable(reference: Window, current: Window, config: DriftConfig) -> Compa
         return False
 
     embeddings = {}
-    for modality, ref_emb in reference.embeddings.items():
-        cur_emb = current.embeddings.get(modality, np.empty((0, ref_emb.shape[1])))
+    for modality in reference.embeddings:
+        ref_emb = reference.present(modality)
+        cur_emb = (
+            current.present(modality)
+            if modality in current.embeddings
+            else np.empty((0, ref_emb.shape[1]), dtype=np.float32)
+        )
         if enough_items(f"embedding:{modality}", len(ref_emb), len(cur_emb)):
             embeddings[modality] = (ref_emb, cur_emb)
     predictions = []
@@ -109,15 +135,22 @@ def comparable(reference: Window, current: Window, config: DriftConfig) -> Compa
         for c in RAW_COLUMNS
         if reference.frame[c].notna().sum() > 5 and current.frame[c].notna().sum() > 5
     ]
-    return Comparable(embeddings, predictions, numeric, skipped)
+    signals = [
+        check
+        for check in signal_checks(reference.frame)
+        if enough_items(
+            check.name, len(check.values(reference.frame)), len(check.values(current.frame))
+        )
+    ]
+    return Comparable(embeddings, predictions, numeric, signals, skipped)
 
 
 def _column_drift(
     reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str]
 ) -> list[DriftResult]:
-    """Raw fields (numbers) and missing-modality rates (categories), Evidently's defaults."""
+    """Raw fields, Evidently's default test for each."""
     started = time.perf_counter()
-    outcomes = value_drift(reference, current, numeric, list(PRESENCE_COLUMNS))
+    outcomes = value_drift(reference, current, numeric, [])
     seconds = (time.perf_counter() - started) / max(len(outcomes), 1)
     return [
         DriftResult(f"column:{column}", o.score, o.failed, o.method, o.threshold, seconds)
@@ -128,6 +161,8 @@ def _column_drift(
 def judge(reference: Window, current: Window, config: DriftConfig) -> Verdict:
     """Every drift check, and whether the window calls for retraining."""
     started = time.perf_counter()
+    reference = reference.sample(config.embedding_sample, config.seed)
+    current = current.sample(config.embedding_sample, config.seed + 1)
     compared = comparable(reference, current, config)
     results = [
         embedding_drift(ref_emb, cur_emb, config, name=f"embedding:{modality}")
@@ -142,7 +177,16 @@ def judge(reference: Window, current: Window, config: DriftConfig) -> Verdict:
         )
         for col in compared.predictions
     ]
-    columns = _column_drift(reference.frame, current.frame, compared.numeric)
+    signals = {
+        check.name: signal_drift(
+            check, check.values(reference.frame), check.values(current.frame), config
+        )
+        for check in compared.signals
+    }
+    results += signals.values()
+    columns = (
+        _column_drift(reference.frame, current.frame, compared.numeric) if compared.numeric else []
+    )
     results += columns
     reasons = []
     kinds = {"embeddings": "embedding:", "predictions": "prediction:"}
@@ -153,7 +197,18 @@ def judge(reference: Window, current: Window, config: DriftConfig) -> Verdict:
                 for r in results
                 if r.name.startswith(kinds[kind]) and r.drifted
             ]
+    if "modalities" in config.retrain_on:
+        reasons += [
+            check.describe(signals[check.name].reference, signals[check.name].current)
+            for check in compared.signals
+            if signals[check.name].drifted
+        ]
     drifted_columns = [r for r in columns if r.drifted]
+    raw_fields = (
+        f"{len(drifted_columns)} of {len(columns)} raw fields drifted "
+        f"({config.column_drift_share:.0%} needed for data drift"
+        f"{'' if 'data' in config.retrain_on else ', which does not ask for retraining'})"
+    )
     if columns and len(drifted_columns) / len(columns) >= config.column_drift_share:
         names = ", ".join(r.name for r in drifted_columns)
         if "data" in config.retrain_on:
@@ -167,74 +222,6 @@ def judge(reference: Window, current: Window, config: DriftConfig) -> Verdict:
         n_reference=len(reference.frame),
         n_current=len(current.frame),
         seconds=time.perf_counter() - started,
+        windows=(reference, current),
+        raw_fields=raw_fields,
     )
-
-
-def render(reference: Window, current: Window, config: DriftConfig, verdict: Verdict) -> Any:
-    """The Evidently report a person reviews (HTML and JSON): raw fields and missing
-    modalities, predicted classes, and embeddings, on a sample of `report_sample` rows
-    per side (the embedding plot's t-SNE stays cheap). Each metric looks at one column
-    at a time, so the sampled embedding rows need not be the sampled items."""
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import EmbeddingsDrift, ValueDrift
-    from evidently.presets import DataDriftPreset
-
-    rng = np.random.default_rng(config.seed)
-    compared = comparable(reference, current, config)  # what the verdict looked at
-    k = min(
-        config.report_sample,
-        len(reference.frame),
-        len(current.frame),
-        *(min(len(r), len(c)) for r, c in compared.embeddings.values()),
-    )
-    numeric, predicted = compared.numeric, compared.predictions
-    categorical = list(PRESENCE_COLUMNS) + predicted
-    ref_df = reference.frame.sample(k, random_state=config.seed)[numeric + categorical]
-    cur_df = current.frame.sample(k, random_state=config.seed)[numeric + categorical]
-    ref_df, cur_df = ref_df.reset_index(drop=True), cur_df.reset_index(drop=True)
-    embeddings: dict[str, list[str]] = {}
-    for modality, (ref_emb, cur_emb) in compared.embeddings.items():
-        cols = [f"{modality}_{i}" for i in range(ref_emb.shape[1])]
-        embeddings[modality] = cols
-        ref_df[cols] = _sample(ref_emb, k, rng)
-        cur_df[cols] = _sample(cur_emb, k, rng)
-    for col in categorical:
-        ref_df[col] = ref_df[col].astype(str)
-        cur_df[col] = cur_df[col].astype(str)
-    definition = DataDefinition(
-        numerical_columns=numeric, categorical_columns=categorical, embeddings=embeddings or None
-    )
-    metrics: list[Any] = [DataDriftPreset(columns=numeric + list(PRESENCE_COLUMNS))]
-    metrics += [
-        ValueDrift(column=c, method=config.prediction_method, threshold=config.prediction_threshold)
-        for c in predicted
-    ]
-    method = embedding_method(config)
-    metrics += [EmbeddingsDrift(embeddings_name=m, drift_method=method) for m in embeddings]
-    with _pca_instead_of_tsne():
-        return Report(metrics, include_tests=True).run(
-            Dataset.from_pandas(cur_df, data_definition=definition),
-            Dataset.from_pandas(ref_df, data_definition=definition),
-            metadata={
-                "verdict": "drift" if verdict.drifted else "no drift",
-                "reasons": "; ".join(verdict.reasons),
-                "not checked": "; ".join(verdict.skipped) or "-",
-            },
-            name="drift report",
-        )
-
-
-@contextlib.contextmanager
-def _pca_instead_of_tsne() -> Iterator[None]:
-    """Evidently draws embeddings in 2-D with t-SNE: ~12 s per modality for 400 points
-    on 2 cores. The picture only illustrates the verdict (computed separately), so a
-    PCA projection (milliseconds) stands in while the report is built."""
-    from evidently.legacy.metrics.data_drift import embeddings_drift
-    from sklearn.decomposition import PCA
-
-    original = embeddings_drift.TSNE
-    embeddings_drift.TSNE = lambda n_components=2, **_: PCA(n_components=n_components)
-    try:
-        yield
-    finally:
-        embeddings_drift.TSNE = original

@@ -25,10 +25,13 @@ def archive_uri(settings: Settings, name: str, version: str) -> S3Uri:
 
 def build_release(name: str, version: str, settings: Settings) -> dict[str, Any]:
     """Build `<name>-v<version>.mar` and keep it in object storage (idempotent)."""
+    from dualmedia.snapshot import Snapshot
     from feature_repo.publish import published_vectors
+    from training.models.scoring import unimodal_reliability
     from training.registry import (
         TAG_RUN,
         TAG_SNAPSHOT,
+        TAG_SNAPSHOT_URI,
         download_model_files,
         load_registered_model,
     )
@@ -50,7 +53,9 @@ def build_release(name: str, version: str, settings: Settings) -> dict[str, Any]
         "registered_model": name,
         "run_id": tags.get(TAG_RUN),
         "snapshot_id": tags.get(TAG_SNAPSHOT),
-        "reliability": unimodal_reliability(model, _validation_arrays(store, tags)),
+        "reliability": unimodal_reliability(
+            model, Snapshot(store, tags[TAG_SNAPSHOT_URI]).validation_arrays()
+        ),
     }
     with tempfile.TemporaryDirectory(prefix="dualmedia-release-") as tmp:
         files = download_model_files(name, version, settings, Path(tmp) / "model")
@@ -78,35 +83,6 @@ def _texts(store: ObjectStore, tags: dict[str, str], ids: list[str], column: str
             if item_id in wanted and text is not None:
                 texts[item_id] = text
     return texts
-
-
-def _validation_arrays(store: ObjectStore, tags: dict[str, str]) -> Any:
-    from dualmedia.snapshot import Snapshot
-    from training.registry import TAG_SNAPSHOT_URI
-
-    snapshot = Snapshot(store, tags[TAG_SNAPSHOT_URI])
-    arrays = snapshot.arrays("val")
-    return arrays if len(arrays) else snapshot.arrays("train")
-
-
-def unimodal_reliability(model: Any, arrays: Any) -> dict[str, dict[str, float]]:
-    """Macro-F1 of each modality's own head per label, on held-out items that have the
-    modality. The disagreement flag only counts a modality's vote on a label it can
-    actually predict (a voice cannot see a crack in a photo)."""
-    from training.metrics import classification_scores
-    from training.models.scoring import score_arrays
-
-    scores = score_arrays(model, arrays)
-    reliability: dict[str, dict[str, float]] = {}
-    for modality, labels in scores.unimodal_predicted().items():
-        has = scores.present[modality]
-        reliability[modality] = {}
-        for label, predicted in labels.items():
-            truth = arrays.labels[label].copy()
-            truth[~has] = -1
-            f1 = classification_scores(truth, predicted, len(model.classes[label]))["macro_f1"]
-            reliability[modality][label] = round(f1, 4) if f1 == f1 else 0.0  # NaN: no items
-    return reliability
 
 
 def deploy_release(name: str, version: str, settings: Settings) -> dict[str, Any]:

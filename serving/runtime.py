@@ -18,12 +18,13 @@ from threadpoolctl import threadpool_limits
 from dualmedia.modalities import MediaBounds, MediaConfig
 from serving.catalogue import Catalogue
 from serving.protocol import Inputs, Request
-from training.models.scoring import decode_predictions, embed_items, score_items
-
-# A modality's own prediction counts in a disagreement only when it is this sure, and
-# only on labels its own head predicts well on held-out data (macro-F1, archive.json).
-DISAGREEMENT_CONFIDENCE = 0.6
-RELIABLE_F1 = 0.6
+from training.models.scoring import (
+    Reliability,
+    decode_predictions,
+    disagreement,
+    embed_items,
+    score_items,
+)
 
 
 class InferenceRuntime:
@@ -33,7 +34,7 @@ class InferenceRuntime:
         catalogue: Catalogue | None,
         model_version: str,
         threads: int = 1,
-        reliability: dict[str, dict[str, float]] | None = None,
+        reliability: Reliability | None = None,
     ) -> None:
         self.model = model.eval()
         self.reliability = reliability
@@ -164,23 +165,7 @@ class InferenceRuntime:
     def _disagreement(
         self, i: int, present: list[str], unimodal: dict[str, dict[str, np.ndarray]]
     ) -> dict[str, Any]:
-        """Labels on which two present modalities, each confident, predict different
-        classes (e.g. positive words, negative voice)."""
-        conflicts = []
-        for name, classes in self.model.classes.items():
-            votes = {}
-            for m in present:
-                trusted = self.reliability is None or (
-                    self.reliability.get(m, {}).get(name, 0.0) >= RELIABLE_F1
-                )
-                if not trusted:
-                    continue
-                if m in unimodal and name in unimodal[m]:
-                    p = unimodal[m][name][i]
-                    if float(p.max()) >= DISAGREEMENT_CONFIDENCE:
-                        votes[m] = classes[int(p.argmax())]
-            if len(set(votes.values())) > 1:
-                conflicts.append({"label": name, "by_modality": votes})
+        conflicts = disagreement(self.model.classes, unimodal, i, present, self.reliability)
         return {"flag": bool(conflicts), "labels": conflicts}
 
     def answer(self, task: str, requests: list[Request]) -> list[dict[str, Any]]:

@@ -53,6 +53,8 @@ SERVED_SCHEMA = pa.schema(
         pa.field("modalities", pa.list_(pa.string())),
         pa.field("embeddings", pa.string()),  # JSON: modality -> vector
         pa.field("predictions", pa.string()),  # JSON: label -> class (insights only)
+        # JSON (insights only): {"gates": modality -> weight, "disagreement": [label]}
+        pa.field("signals", pa.string()),
     ]
 )
 # Buffered rows at most (a few tens of MB) while S3 is unreachable: the setting's default.
@@ -151,6 +153,10 @@ class ServedLog:
         if embeddings is None and "embedding" in result:
             embeddings = {result["modality"]: result["embedding"]}
         predictions = {k: v["class"] for k, v in result.get("predictions", {}).items()}
+        signals = {}
+        if "gates" in result:
+            conflicts = result.get("disagreement", {}).get("labels", [])
+            signals = {"gates": result["gates"], "disagreement": [c["label"] for c in conflicts]}
         row = {
             "served_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "task": self.task,
@@ -159,6 +165,7 @@ class ServedLog:
             "modalities": [str(getattr(m, "value", m)) for m in request.inputs.modalities],
             "embeddings": json.dumps(embeddings or {}),
             "predictions": json.dumps(predictions),
+            "signals": json.dumps(signals),
         }
         with self.lock:
             self.rows.append(row)

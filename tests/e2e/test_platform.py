@@ -121,6 +121,8 @@ def test_endpoints_record_what_they_served(platform: dict) -> None:
     assert window.frame["has_text"].all() and not window.frame["has_image"].any()
     assert set(window.frame["pred_sentiment"].dropna()) <= {"negative", "neutral", "positive"}
     assert window.embeddings["text"].shape[0] == len(window.frame)
+    # The insights answers' gate weights are logged with them, for the monitor's checks.
+    assert window.frame["gate_text"].notna().all()
 
 
 def test_the_production_profile_serves_features_from_redis(platform: dict) -> None:
@@ -292,6 +294,9 @@ def test_a_drifted_batch_starts_retraining_in_airflow(platform: dict) -> None:
     # The report is listed on the index page and attached to the champion's run.
     index = Path(summary["index"]["local"]).read_text()
     assert summary["time"] in index and "drift" in index
+    assert "data-check='embedding:image'" in index  # its trend chart
+    report = Path(summary["index"]["local"]).parent / "reports" / summary["time"] / "report.html"
+    assert "data-verdict='drift'" in report.read_text()
     client = MlflowClient(tracking_uri=settings.mlflow_uri)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     artifacts = [a.path for a in client.list_artifacts(champion.tags["dualmedia.run_id"], "drift")]

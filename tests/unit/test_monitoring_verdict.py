@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from monitoring.drift import DriftConfig
-from monitoring.report import Window, judge, render
+from monitoring.report import Window, judge
+from monitoring.report_page import evidently_report
 from monitoring.window import _frame_from_rows
 
 
@@ -40,8 +41,10 @@ def _window(
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     embeddings = {"text": vectors(n)}
-    if n_audio:
-        embeddings["audio"] = vectors(n_audio, audio_shift_dims)
+    if n_audio:  # item-aligned: the items without a voice note have a NaN row
+        audio = np.full((n, 64), np.nan)
+        audio[:n_audio] = vectors(n_audio, audio_shift_dims)
+        embeddings["audio"] = audio
     return Window(_frame_from_rows(rows), embeddings)
 
 
@@ -86,12 +89,12 @@ def test_a_window_without_predictions_is_reported_and_still_rendered() -> None:
     reference = _window(200, n_audio=200, shift=0.0, seed=0)
     current = _window(100, n_audio=100, shift=0.0, seed=1, n_predicted=0)
     assert "pred_sentiment" not in current.frame
-    config = DriftConfig(min_window=50, report_sample=60)
+    config = DriftConfig(min_window=50)
     verdict = judge(reference, current, config)
     assert verdict.skipped == [
         "prediction:sentiment not checked: 200 reference and 0 current items (each side needs 50)"
     ]
-    report = render(reference, current, config, verdict).dict()
+    report = evidently_report(verdict, config).dict()
     assert report["metrics"]  # raw fields and embeddings, no prediction column
 
 

@@ -19,6 +19,11 @@ import torch
 from dualmedia.modalities.batch import Batch, assemble_batch
 
 PROBABILITY_DIGITS = 6  # rounding of probabilities in answers and feature rows
+# A modality's own prediction counts in a disagreement only when it is this sure, and
+# only on labels its own head predicts well on held-out data (macro-F1, archive.json).
+DISAGREEMENT_CONFIDENCE = 0.6
+RELIABLE_F1 = 0.6
+Reliability = dict[str, dict[str, float]]  # modality -> label -> held-out macro-F1
 
 
 @dataclass
@@ -147,3 +152,46 @@ def decode_predictions(
             },
         }
     return out
+
+
+def disagreement(
+    classes: dict[str, list[str]],
+    unimodal: dict[str, dict[str, np.ndarray]],
+    i: int,
+    present: Sequence[str],
+    reliability: Reliability | None,
+) -> list[dict[str, Any]]:
+    """Item i's labels on which two present modalities, each confident and reliable,
+    predict different classes (e.g. positive words, negative voice): the `insights`
+    answer's flag and the monitor's disagreement rate."""
+    conflicts = []
+    for name, names in classes.items():
+        votes = {}
+        for m in present:
+            trusted = reliability is None or reliability.get(m, {}).get(name, 0.0) >= RELIABLE_F1
+            if trusted and m in unimodal and name in unimodal[m]:
+                p = unimodal[m][name][i]
+                if float(p.max()) >= DISAGREEMENT_CONFIDENCE:
+                    votes[m] = names[int(p.argmax())]
+        if len(set(votes.values())) > 1:
+            conflicts.append({"label": name, "by_modality": votes})
+    return conflicts
+
+
+def unimodal_reliability(model: Any, arrays: Any) -> Reliability:
+    """Macro-F1 of each modality's own head per label, on held-out items that have the
+    modality. The disagreement flag only counts a modality's vote on a label it can
+    actually predict (a voice cannot see a crack in a photo)."""
+    from training.metrics import classification_scores
+
+    scores = score_arrays(model, arrays)
+    reliability: Reliability = {}
+    for modality, labels in scores.unimodal_predicted().items():
+        has = scores.present[modality]
+        reliability[modality] = {}
+        for label, predicted in labels.items():
+            truth = arrays.labels[label].copy()
+            truth[~has] = -1
+            f1 = classification_scores(truth, predicted, len(model.classes[label]))["macro_f1"]
+            reliability[modality][label] = round(f1, 4) if f1 == f1 else 0.0  # NaN: no items
+    return reliability
