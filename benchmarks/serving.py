@@ -328,7 +328,7 @@ class InProcessEndpoint(Endpoint):
 
         self.runtime, self.bodies, self.parse = runtime, bodies, parse_request
         self.threads = threads
-        self.catalogue = runtime.catalogue_modalities() or runtime.modalities
+        self.catalogue = runtime.catalogue_targets() or runtime.modalities
         self.name = f"in-process ({threads_label(threads)})"
 
     def payloads(self, task: str, n: int) -> list[dict[str, str]]:
@@ -508,7 +508,7 @@ def build_model(tmp: Path) -> tuple[Path, Path, int]:
 
     from dualmedia.modalities import MediaConfig
     from serving.archive import build_archive
-    from serving.catalogue import Catalogue
+    from serving.catalogue import Catalogue, CatalogueItem
     from synthetic import dataset_spec
     from training.config import load_train_config
     from training.models.factory import build_fused_model, save_fused_model
@@ -525,7 +525,9 @@ def build_model(tmp: Path) -> tuple[Path, Path, int]:
         v = rng.normal(size=(200, config.embed_dim)).astype(np.float32)
         vectors[m] = v / np.linalg.norm(v, axis=1, keepdims=True)
     ids = [f"item-{i:03d}" for i in range(200)]
-    catalogue = Catalogue({m: ids for m in vectors}, vectors, {i: "review" for i in ids}, "1")
+    catalogue = Catalogue(
+        {m: ids for m in vectors}, vectors, {i: CatalogueItem(text="review") for i in ids}, "1"
+    )
     info = {"dataset": "benchmark", "run_id": "benchmark", "snapshot_id": "benchmark"}
     archive = build_archive(model_dir, catalogue, info, tmp / "archives", "benchmark", "1")
     return model_dir, archive, params

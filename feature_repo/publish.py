@@ -92,22 +92,30 @@ def read_offline(store: ObjectStore, prefix: S3Uri, view: str) -> pd.DataFrame:
 
 
 def published_vectors(settings: Settings, dataset: str, version: str) -> dict[str, Any]:
-    """What a version published: per modality ids and vectors, and item texts' ids.
-    The serving catalogue is built from exactly these vectors."""
+    """What a version published: per target (each modality, `fused`) ids and vectors,
+    and each item's predicted class per label. The serving catalogue is built from
+    exactly these."""
+    from serving.catalogue import FUSED
+
     store = ObjectStore(settings)
     prefix = features_prefix(settings, dataset, version)
     store.committed_manifest(prefix)  # refuses an unpublished or half-written version
     ids: dict[str, list[str]] = {}
     vectors: dict[str, np.ndarray] = {}
-    for spec in modalities.specs():
-        modality, view = spec.name, spec.feast_view
+    views = [(spec.name, spec.feast_view) for spec in modalities.specs()]
+    for target, view in [*views, (FUSED, FUSED_VIEW)]:
         try:
             frame = read_offline(store, prefix, view)
         except Exception:  # a model without that modality published no such view
             continue
-        ids[modality] = frame["item_id"].tolist()
-        vectors[modality] = np.stack(frame[view].to_numpy()).astype(np.float32)
-    return {"ids": ids, "vectors": vectors}
+        ids[target] = frame["item_id"].tolist()
+        vectors[target] = np.stack(frame[view].to_numpy()).astype(np.float32)
+    frame = read_offline(store, prefix, PREDICTIONS_VIEW)
+    predicted = {
+        item_id: {label: p["class"] for label, p in json.loads(raw).items()}
+        for item_id, raw in zip(frame["item_id"], frame["predictions"], strict=True)
+    }
+    return {"ids": ids, "vectors": vectors, "predicted": predicted}
 
 
 # ---- the Feast repository -------------------------------------------------------------------

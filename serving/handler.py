@@ -54,7 +54,7 @@ class DualmediaHandler:
 
         answers: list[Any] = [None] * len(data)
         valid: list[tuple[int, Any]] = []
-        catalogue = self.runtime.catalogue_modalities() or self.runtime.modalities
+        catalogue = self.runtime.catalogue_targets() or self.runtime.modalities
         for i, row in enumerate(data):
             context.set_response_content_type(i, "application/json")
             try:
@@ -88,6 +88,8 @@ class DualmediaHandler:
         """(status, answer) per request: the batch's answers; when the batch fails, each
         request alone, so a request that fails gets its own error and every other one its
         normal answer."""
+        from serving.protocol import BadRequest
+
         if not valid:
             return []
         try:
@@ -100,6 +102,8 @@ class DualmediaHandler:
         for i, request in valid:
             try:
                 answered.append(((i, request), (200, self.runtime.answer(self.task, [request])[0])))
+            except BadRequest as exc:  # e.g. a filter on an attribute no item has
+                answered.append(((i, request), (exc.status, exc.to_dict())))
             except ValueError as exc:  # e.g. a modality this model has no encoder for
                 error = {"error": "unprocessable", "field": None, "message": str(exc)}
                 answered.append(((i, request), (422, error)))

@@ -6,8 +6,11 @@ that request alone; the worker keeps serving the rest of the batch.
 
 Bodies are JSON with base64 media:
     embed:    {"text": "..."} | {"image": "<base64>"} | {"audio": "<base64>"}
-    search:   {"query": {<one modality>}, "target": "text", "k": 5}  (target: default the
-              catalogue's first modality in canonical order)
+    search:   {"query": {<one or more modalities>}, "weights": {"text": 0.3, "image": 0.7},
+              "target": "text" | ... | "fused", "k": 5, "filter": {"damaged": true,
+              "sentiment": ["negative"], "predicted_sentiment": "negative", "batch": "b1",
+              "created_at": {"from": "...Z", "to": "...Z"}}}  (weights: default equal;
+              target: default the catalogue's first modality in canonical order)
     insights: {"text": "...", "image": "<base64>", "audio": "<base64>"}  (any non-empty subset)
 or multipart/form-data with the same field names (media as files).
 
@@ -59,8 +62,10 @@ class Inputs:
 class Request:
     task: str
     inputs: Inputs
-    target: str | None = None  # search: which catalogue modality to rank
+    target: str | None = None  # search: which catalogue target to rank (a modality, fused)
     k: int = 5
+    weights: dict[str, float] = field(default_factory=dict)  # search: per query modality
+    filter: dict[str, Any] | None = None  # search: serving.vector_index.Filter.from_dict
 
 
 def read_json_body(raw: bytes, max_bytes: int | None = None) -> dict[str, Any]:
@@ -108,7 +113,8 @@ def body_of(row: dict[str, Any], max_bytes: int | None = None) -> dict[str, Any]
 
 def _as_text_if_text_field(name: str, value: Any) -> Any:
     inline = {m.name for m in modalities.specs() if m.inline}
-    if name in (*inline, "target", "k") and isinstance(value, (bytes, bytearray)):
+    text_fields = (*inline, "target", "k", "weights", "filter")
+    if name in text_fields and isinstance(value, (bytes, bytearray)):
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
@@ -178,6 +184,54 @@ def parse_inputs(
     return inputs
 
 
+def _json_object(value: Any, name: str) -> dict[str, Any]:
+    """A JSON object field (in a multipart body, its JSON text)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, dict):
+        raise BadRequest(400, "bad_value", f"field {name!r} must be a JSON object", name)
+    return value
+
+
+def _search_weights(value: Any, given: list[str]) -> dict[str, float]:
+    """Each query modality's weight (default 1 each; they are normalised to sum 1)."""
+    if value is None:
+        return dict.fromkeys(given, 1.0)
+    value = _json_object(value, "weights")
+    extra = sorted(set(value) - set(given))
+    if extra:
+        raise BadRequest(400, "bad_value", f"weight for {extra[0]!r}, which the query does not "
+                         "give", f"weights.{extra[0]}")  # fmt: skip
+    weights = {}
+    for m in given:
+        w = value.get(m, 1.0)
+        ok = isinstance(w, int | float) and not isinstance(w, bool) and 0 <= w <= 1e6
+        if not ok or w != w:
+            raise BadRequest(400, "bad_value", f"weight of {m!r} must be a number >= 0",
+                             f"weights.{m}")  # fmt: skip
+        weights[m] = float(w)
+    if not sum(weights.values()) > 0:
+        raise BadRequest(400, "bad_value", "the weights must not all be 0", "weights")
+    return weights
+
+
+def _search_filter(value: Any) -> dict[str, Any] | None:
+    """The filter object, checked for its form here (its attribute names by the catalogue)."""
+    from serving.vector_index import Filter
+
+    if value is None:
+        return None
+    value = _json_object(value, "filter")
+    try:
+        Filter.from_dict(value).time_range()
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(400, "bad_value", f"field 'filter': {exc}", "filter") from None
+    return value
+
+
 def parse_request(
     task: str,
     row: dict[str, Any],
@@ -203,7 +257,7 @@ def parse_request(
             )
         return Request(task, inputs)
     if task == "search":
-        _allowed(body, {"query", "target", "k"})
+        _allowed(body, {"query", "weights", "target", "k", "filter"})
         query = body.get("query")
         if not isinstance(query, dict):
             raise BadRequest(400, "missing_field", "field 'query' must be an object", "query")
@@ -212,9 +266,9 @@ def parse_request(
             field_name = f"query.{unknown[0]}"
             raise BadRequest(400, "unknown_field", f"unknown field {field_name!r}", field_name)
         inputs = parse_inputs(query, media, bounds, prefix="query.")
-        if len(inputs.modalities) != 1:
+        if not inputs.modalities:
             raise BadRequest(
-                400, "one_modality_required", "query takes exactly one modality", "query"
+                400, "missing_modality", f"query needs at least one of {one_of}", "query"
             )
         target = body.get("target", catalogue[0] if catalogue else None)
         if target not in set(catalogue):
@@ -225,7 +279,8 @@ def parse_request(
             k = int(k)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 100:
             raise BadRequest(400, "bad_value", "field 'k' must be an integer in 1..100", "k")
-        return Request(task, inputs, str(target), k)
+        weights = _search_weights(body.get("weights"), inputs.modalities)
+        return Request(task, inputs, str(target), k, weights, _search_filter(body.get("filter")))
     if task == "insights":
         _allowed(body, modality_fields)
         inputs = parse_inputs(body, media, bounds)

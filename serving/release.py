@@ -16,7 +16,7 @@ from dualmedia import modalities
 from dualmedia.settings import Settings
 from dualmedia.storage import ObjectStore, S3Uri
 from serving.archive import archive_name, build_archive
-from serving.catalogue import Catalogue
+from serving.catalogue import Catalogue, CatalogueItem
 
 
 def archive_uri(settings: Settings, name: str, version: str) -> S3Uri:
@@ -43,19 +43,15 @@ def build_release(name: str, version: str, settings: Settings) -> dict[str, Any]
     model, tags = load_registered_model(name, version, settings)
     dataset = model.spec.name
     published = published_vectors(settings, dataset, version)
-    # Search results show an item's inline value (its text), when the model has one.
-    shown = next((m.name for m in modalities.specs(model.modalities) if m.inline), None)
-    item_ids = sorted({i for ids in published["ids"].values() for i in ids})
-    texts = _texts(store, tags, item_ids, shown) if shown else {}
-    catalogue = Catalogue(published["ids"], published["vectors"], texts, version)
+    snapshot = Snapshot(store, tags[TAG_SNAPSHOT_URI])
+    items = catalogue_items(snapshot, published["predicted"], model.modalities)
+    catalogue = Catalogue(published["ids"], published["vectors"], items, version)
     info = {
         "dataset": dataset,
         "registered_model": name,
         "run_id": tags.get(TAG_RUN),
         "snapshot_id": tags.get(TAG_SNAPSHOT),
-        "reliability": unimodal_reliability(
-            model, Snapshot(store, tags[TAG_SNAPSHOT_URI]).validation_arrays()
-        ),
+        "reliability": unimodal_reliability(model, snapshot.validation_arrays()),
     }
     with tempfile.TemporaryDirectory(prefix="dualmedia-release-") as tmp:
         files = download_model_files(name, version, settings, Path(tmp) / "model")
@@ -68,21 +64,35 @@ def build_release(name: str, version: str, settings: Settings) -> dict[str, Any]
     return {"archive_uri": str(target), "reused": False, "version": version, **info}
 
 
-def _texts(store: ObjectStore, tags: dict[str, str], ids: list[str], column: str) -> dict[str, str]:
-    """Review texts of the catalogue's items, so search results can show them."""
-    from dualmedia.snapshot import Snapshot
-    from training.registry import TAG_SNAPSHOT_URI
+def catalogue_items(
+    snapshot: Any, predicted: dict[str, dict[str, str]], model_modalities: list[str]
+) -> dict[str, CatalogueItem]:
+    """What search results show about each published item (its text, when the model has
+    an inline modality) and what filters ask (labels, predictions, batch, time)."""
+    from dualmedia.snapshot import label_column
 
-    wanted = set(ids)
-    snapshot = Snapshot(store, tags[TAG_SNAPSHOT_URI])
-    texts: dict[str, str] = {}
-    for table in snapshot.iter_tables(columns=["id", column]):
-        for item_id, text in zip(
-            table.column("id").to_pylist(), table.column(column).to_pylist(), strict=True
-        ):
-            if item_id in wanted and text is not None:
-                texts[item_id] = text
-    return texts
+    spec = snapshot.spec
+    shown = next((m.name for m in modalities.specs(model_modalities) if m.inline), None)
+    columns = ["id", "batch", "created_at", *(label_column(n) for n in spec.labels)]
+    columns += [shown] if shown else []
+    items: dict[str, CatalogueItem] = {}
+    for table in snapshot.iter_tables(columns=columns):
+        for row in table.to_pylist():
+            if row["id"] not in predicted:
+                continue
+            labels = {
+                name: label.classes[row[label_column(name)]]
+                for name, label in spec.labels.items()
+                if row[label_column(name)] is not None and row[label_column(name)] >= 0
+            }
+            items[row["id"]] = CatalogueItem(
+                text=row[shown] if shown else None,
+                labels=labels,
+                predicted=predicted[row["id"]],
+                batch=row["batch"],
+                created_at=row["created_at"],
+            )
+    return items
 
 
 def deploy_release(name: str, version: str, settings: Settings) -> dict[str, Any]:

@@ -16,8 +16,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from dualmedia.modalities import MediaBounds, MediaConfig
-from serving.catalogue import Catalogue
-from serving.protocol import Inputs, Request
+from serving.catalogue import Catalogue, UnknownFilter
+from serving.protocol import BadRequest, Inputs, Request
 from training.models.scoring import (
     Reliability,
     decode_predictions,
@@ -77,10 +77,11 @@ class InferenceRuntime:
     def modalities(self) -> list[str]:
         return list(self.model.modalities)
 
-    def catalogue_modalities(self) -> list[str]:
+    def catalogue_targets(self) -> list[str]:
+        """What `search` can rank: the catalogue's modalities, then `fused`."""
         if self.catalogue is None:
             return []
-        return list(self.catalogue.modalities)
+        return self.catalogue.targets
 
     def _check_modalities(self, items: list[Inputs]) -> None:
         served = set(self.modalities)
@@ -123,12 +124,16 @@ class InferenceRuntime:
         embeddings = self.embeddings([r.inputs for r in requests])
         answers = []
         for i, r in enumerate(requests):
-            modality = r.inputs.modalities[0]
-            target = r.target or modality
-            results = self.catalogue.search(embeddings[modality][i], target, r.k)
+            given = r.inputs.modalities
+            target = r.target or given[0]
+            queries = {m: embeddings[m][i] for m in given}
+            try:
+                results = self.catalogue.search(queries, r.weights, target, r.k, r.filter)
+            except UnknownFilter as exc:
+                raise BadRequest(400, "bad_value", f"field 'filter': {exc}", "filter") from None
             answers.append(
                 {
-                    "query_modality": modality,
+                    "query_modalities": given,
                     "target": target,
                     "results": results,
                     "model_version": self.model_version,

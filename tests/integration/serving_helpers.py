@@ -13,7 +13,7 @@ from PIL import Image
 
 from dualmedia.modalities import MediaConfig
 from serving.archive import build_archive
-from serving.catalogue import Catalogue
+from serving.catalogue import Catalogue, CatalogueItem
 from synthetic import dataset_spec
 from training.config import load_train_config
 from training.models.factory import build_fused_model, load_fused_model_dir, save_fused_model
@@ -29,6 +29,9 @@ def tiny_model_dir(folder: Path, seed: int) -> Path:
     return folder
 
 
+SENTIMENTS = ("negative", "neutral", "positive")
+
+
 def random_catalogue(dim: int, n: int = 30, seed: int = 0) -> Catalogue:
     rng = np.random.default_rng(seed)
     vectors = {}
@@ -36,7 +39,19 @@ def random_catalogue(dim: int, n: int = 30, seed: int = 0) -> Catalogue:
         v = rng.normal(size=(n, dim)).astype(np.float32)
         vectors[m] = v / np.linalg.norm(v, axis=1, keepdims=True)
     ids = [f"item-{i:03d}" for i in range(n)]
-    return Catalogue({m: ids for m in vectors}, vectors, {i: f"review {i}" for i in ids}, "test")
+    items = {
+        i: CatalogueItem(
+            text=f"review {i}",
+            labels={"damaged": ["false", "true"][n % 2], "sentiment": SENTIMENTS[n % 3]},
+            predicted={"sentiment": SENTIMENTS[(n + 1) % 3]},
+            batch=f"batch-{n // 10:04d}",
+            created_at=f"2026-11-{1 + n // 10:02d}T00:00:00Z",
+        )
+        for n, i in enumerate(ids)
+    }
+    vectors["fused"] = vectors["text"] + vectors["image"]
+    vectors["fused"] /= np.linalg.norm(vectors["fused"], axis=1, keepdims=True)
+    return Catalogue({t: ids for t in vectors}, vectors, items, "test")
 
 
 def tiny_archive(tmp: Path, store: Path, version: str, seed: int) -> tuple[Path, Path]:

@@ -63,7 +63,7 @@ def test_deploy_serves_every_endpoint_and_matches_in_process(served: dict) -> No
     assert sorted(client.models()) == ["embed", "insights", "search"]
 
     runtime = InferenceRuntime.from_folder(_unpacked(served, "1"), "1")
-    catalogue = runtime.catalogue_modalities()
+    catalogue = runtime.catalogue_targets()
     bodies = {
         "embed": [{"text": "the mug arrived cracked"}, {"image": b64_png()}, {"audio": b64_wav()}],
         "insights": [
@@ -257,6 +257,58 @@ def test_search_returns_catalogue_items(served: dict) -> None:
     catalogue = random_catalogue(len(client.predict("embed", {"text": "x"}).json()["embedding"]))
     assert {r["id"] for r in answer["results"]} <= set(catalogue.ids["image"])
     assert np.isfinite(scores).all()
+
+
+def test_a_photo_and_words_search_filtered_items_as_computed_in_process(served: dict) -> None:
+    """A two-modality query with weights, on the fused target, filtered by a label and a
+    time range: the k best matching items by sum_m w_m cos(q_m, item), each with the
+    similarities that add up to its score; a filter on an unknown attribute is a 400."""
+    client: TorchServeBackend = served["client"]
+    if client.default_version("search") is None:
+        deploy(served["archives"]["1"], "1", served["settings"])
+    photo = b64_png()
+    words = "cracked mug"
+    query = {"text": words, "image": photo}
+    weights = {"text": 0.25, "image": 0.75}
+    flt = {"damaged": True, "created_at": {"from": "2026-11-02T00:00:00Z"}}
+    body = {"query": query, "weights": weights, "target": "fused", "k": 7, "filter": flt}
+    answer = client.predict("search", body).json()
+    assert answer["query_modalities"] == ["text", "image"] and answer["target"] == "fused"
+
+    # In process: the served model's own embeddings of each query modality.
+    q = {
+        m: np.asarray(client.predict("embed", {m: v}).json()["embedding"]) for m, v in query.items()
+    }
+    catalogue = random_catalogue(len(q["text"]))
+    matching = [
+        n for n, i in enumerate(catalogue.ids["fused"])
+        if catalogue.items[i].labels["damaged"] == "true"
+        and catalogue.items[i].created_at >= "2026-11-02T00:00:00Z"
+    ]  # fmt: skip
+    vectors = catalogue.vectors["fused"]
+    expected = {
+        catalogue.ids["fused"][n]: 0.25 * vectors[n] @ q["text"] + 0.75 * vectors[n] @ q["image"]
+        for n in matching
+    }
+    best = sorted(expected, key=expected.get, reverse=True)[:7]
+    assert len(matching) >= 7
+    assert [r["id"] for r in answer["results"]] == best
+    for r in answer["results"]:
+        assert r["score"] == pytest.approx(expected[r["id"]], abs=1e-4)
+        parts = sum(r["weights"][m] * r["similarities"][m] for m in query)
+        assert parts == pytest.approx(r["score"], abs=1e-5)  # the explanation adds up
+        assert r["labels"]["damaged"] == "true" and r["created_at"] >= "2026-11-02"
+
+    # Only 5 items are damaged in the first batch: k=10 returns those 5, not fewer.
+    first = {"query": {"text": words}, "target": "text", "k": 10,
+             "filter": {"damaged": True, "batch": "batch-0000"}}  # fmt: skip
+    found = client.predict("search", first).json()["results"]
+    assert sorted(r["id"] for r in found) == [f"item-{n:03d}" for n in range(1, 10, 2)]
+
+    bad = client.predict("search", {"query": {"text": words}, "filter": {"colour": "red"}})
+    assert bad.status_code == 400 and bad.json()["field"] == "filter"
+    assert "unknown attribute 'colour'" in bad.json()["message"]
+    assert client.predict("search", body).json() == answer  # the server keeps its answers
 
 
 def _send(client: TorchServeBackend, probe: object) -> tuple[int, object]:

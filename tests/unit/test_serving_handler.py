@@ -32,7 +32,7 @@ class Runtime:
     def __init__(self, failures: dict[str, BaseException]) -> None:
         self.failures, self.calls = failures, []
 
-    def catalogue_modalities(self) -> list[str]:
+    def catalogue_targets(self) -> list[str]:
         return ["text"]
 
     def answer(self, task: str, requests: list[Any]) -> list[dict[str, Any]]:

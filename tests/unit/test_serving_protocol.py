@@ -54,6 +54,11 @@ def test_valid_requests_are_preprocessed() -> None:
     assert (r.target, r.k) == (Modality.TEXT, 3)
     r = parse("insights", {"text": "lovely", "image": png(), "audio": wav()})
     assert r.inputs.modalities == CATALOGUE
+    r = parse("search", {"query": {"text": "cracked", "image": png()}, "weights": {"image": 3},
+                         "filter": {"damaged": True, "batch": ["b1", "b2"]}})  # fmt: skip
+    assert r.inputs.modalities == [Modality.TEXT, Modality.IMAGE]
+    assert r.weights == {"text": 1.0, "image": 3.0}  # a modality left out weighs 1
+    assert r.filter == {"damaged": True, "batch": ["b1", "b2"]}
 
 
 def test_multipart_fields_are_accepted() -> None:
@@ -99,6 +104,32 @@ def test_multipart_fields_are_accepted() -> None:
         ("search", {"query": {"smell": "x"}}, 400, "unknown_field", "query.smell"),
         ("search", {"query": {"text": "x"}, "target": "video"}, 400, "bad_value", "target"),
         ("search", {"query": {"text": "x"}, "k": 0}, 400, "bad_value", "k"),
+        ("search", {"query": {}}, 400, "missing_modality", "query"),
+        ("search", {"query": {"text": "x"}, "weights": [1]}, 400, "bad_value", "weights"),
+        (
+            "search",
+            {"query": {"text": "x"}, "weights": {"image": 1}},
+            400,
+            "bad_value",
+            "weights.image",
+        ),
+        (
+            "search",
+            {"query": {"text": "x"}, "weights": {"text": -1}},
+            400,
+            "bad_value",
+            "weights.text",
+        ),
+        ("search", {"query": {"text": "x"}, "weights": {"text": 0}}, 400, "bad_value", "weights"),
+        ("search", {"query": {"text": "x"}, "filter": {"damaged": 3}}, 400, "bad_value", "filter"),
+        (
+            "search",
+            {"query": {"text": "x"}, "filter": {"created_at": {"from": "soon"}}},
+            400,
+            "bad_value",
+            "filter",
+        ),
+        ("search", {"query": {"text": "x"}, "rerank": True}, 400, "unknown_field", "rerank"),
         ("insights", {}, 400, "missing_modality", None),
         ("nope", {"text": "x"}, 404, "unknown_task", None),
     ],
