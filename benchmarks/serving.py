@@ -502,13 +502,16 @@ def private_settings(home: Path) -> Any:
     return Settings(_env_file=None, home=home, startup_timeout_s=240.0, **values)  # type: ignore[call-arg]
 
 
-def build_model(tmp: Path) -> tuple[Path, Path, int]:
-    """The default architecture, random weights: saved model dir, .mar archive, size."""
+def build_model(tmp: Path, settings: Any = None) -> tuple[Path, Path, int]:
+    """The default architecture, random weights: saved model dir, .mar archive, size.
+    With `settings`, a 200-item search catalogue goes to its object storage."""
     import torch
 
     from dualmedia.modalities import MediaConfig
+    from dualmedia.storage import ObjectStore
     from serving.archive import build_archive
     from serving.catalogue import Catalogue, CatalogueItem
+    from serving.search_store import publish_catalogue, search_prefix
     from synthetic import dataset_spec
     from training.config import load_train_config
     from training.models.factory import build_fused_model, save_fused_model
@@ -529,7 +532,10 @@ def build_model(tmp: Path) -> tuple[Path, Path, int]:
         {m: ids for m in vectors}, vectors, {i: CatalogueItem(text="review") for i in ids}, "1"
     )
     info = {"dataset": "benchmark", "run_id": "benchmark", "snapshot_id": "benchmark"}
-    archive = build_archive(model_dir, catalogue, info, tmp / "archives", "benchmark", "1")
+    if settings is not None:
+        prefix = search_prefix(settings, "benchmark", "1")
+        info["search_uri"] = publish_catalogue(ObjectStore(settings), catalogue, prefix)["uri"]
+    archive = build_archive(model_dir, info, tmp / "archives", "benchmark", "1")
     return model_dir, archive, params
 
 
@@ -782,14 +788,15 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     cells: list[Cell] = []
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
-        model_dir, archive, params = build_model(tmp)
+        # The served-request log and the search catalogue live here, as in production.
+        s3 = Stack(base, only=["s3"])
+        cleanup.callback(s3.down)
+        s3.up()
+        model_dir, archive, params = build_model(tmp, base)
         progress(f"model: default architecture, {params / 1e6:.1f} M parameters, random init")
         mlflow = MlflowServe(model_dir, tmp)
         cleanup.callback(mlflow.stop)
         mlflow.start()  # starts while TorchServe loads
-        s3 = Stack(base, only=["s3"])  # the served-request log writes here, as in production
-        cleanup.callback(s3.down)
-        s3.up()
         instances: dict[Any, TorchServeInstance] = {}
         endpoints: list[Endpoint] = []
         for config in configs:

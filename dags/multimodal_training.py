@@ -31,7 +31,7 @@ MODEL_VERSIONS = AssetAlias("dualmedia-model-versions")
 # After the gate, in order: steps taking (registered model, champion version, settings).
 CHAMPION_STEPS = (
     ("publish_features", "feature_repo.publish.publish"),  # vectors + predictions to Feast
-    ("build_archive", "serving.release.build_release"),  # catalogue = the published vectors
+    ("build_archive", "serving.release.build_release"),  # names the search catalogue publish built
     ("deploy", "serving.release.deploy_release"),  # register, smoke-test, make default
 )
 

@@ -142,6 +142,17 @@ class Settings(BaseSettings):
         description="TorchServe workers per endpoint (default: one per core, at most 4)",
     )
     serving_threads: int = Field(default=1, description="torch and BLAS threads per serving worker")
+    search_index: str = Field(
+        default="auto",
+        description="search index per target (serving.vector_index.IndexConfig): 'auto' is "
+        "exact below 100k items and HNSW above; e.g. 'faiss:IVF1024,PQ32;nprobe=32', 'exact'",
+    )
+    search_refresh_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how often a search worker looks for batches published since it loaded "
+        "its catalogue (`dualmedia publish --batch`), seconds",
+    )
     # The largest request body a worker reads (JSON with base64 media: 4 bytes per 3).
     # Over it: a JSON 413 naming this limit. TorchServe's frontend takes up to twice this
     # (its max_request_size) so the worker can say so; beyond that the frontend itself

@@ -8,8 +8,9 @@
 3. Deploy the repository (definitions + the profile's feature_store.yaml) to
    `<home>/feast/repo`, gather every published version there, `apply`, and
    materialise to the online store, so `get_online_features` returns the vectors.
-The serving catalogue is built from the same Parquet files (`published_vectors`), so
-search results and the feature store never disagree.
+4. Build the search catalogue from the same Parquet files (`published_vectors`) and
+   publish it to object storage (serving/search_store.py), so search results and the
+   feature store never disagree.
 """
 
 from __future__ import annotations
@@ -95,22 +96,31 @@ def published_vectors(settings: Settings, dataset: str, version: str) -> dict[st
     """What a version published: per target (each modality, `fused`) ids and vectors,
     and each item's predicted class per label. The serving catalogue is built from
     exactly these."""
-    from serving.catalogue import FUSED
-
     store = ObjectStore(settings)
     prefix = features_prefix(settings, dataset, version)
     store.committed_manifest(prefix)  # refuses an unpublished or half-written version
+    frames = {}
+    for view in (*VIEWS, PREDICTIONS_VIEW):
+        try:
+            frames[view] = read_offline(store, prefix, view)
+        except Exception:  # a model without that modality published no such view
+            continue
+    return _vectors_of(frames)
+
+
+def _vectors_of(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """Feature-view frames as the search catalogue takes them: per target ids and vectors,
+    and each item's predicted class per label."""
+    from serving.catalogue import FUSED
+
     ids: dict[str, list[str]] = {}
     vectors: dict[str, np.ndarray] = {}
     views = [(spec.name, spec.feast_view) for spec in modalities.specs()]
     for target, view in [*views, (FUSED, FUSED_VIEW)]:
-        try:
-            frame = read_offline(store, prefix, view)
-        except Exception:  # a model without that modality published no such view
-            continue
-        ids[target] = frame["item_id"].tolist()
-        vectors[target] = np.stack(frame[view].to_numpy()).astype(np.float32)
-    frame = read_offline(store, prefix, PREDICTIONS_VIEW)
+        if view in frames and len(frames[view]):
+            ids[target] = frames[view]["item_id"].tolist()
+            vectors[target] = np.stack(frames[view][view].to_numpy()).astype(np.float32)
+    frame = frames[PREDICTIONS_VIEW]
     predicted = {
         item_id: {label: p["class"] for label, p in json.loads(raw).items()}
         for item_id, raw in zip(frame["item_id"], frame["predictions"], strict=True)
@@ -219,17 +229,18 @@ def _empty_embedding_table(view: str) -> Any:
 # ---- the step -------------------------------------------------------------------------------
 def publish(name: str, version: str, settings: Settings) -> dict[str, Any]:
     """Score, write the offline store, apply and materialise (see module doc)."""
+    from dualmedia.snapshot import Snapshot
+    from serving.search_store import build_search_catalogue
+
     store = ObjectStore(settings)
     model_info = _load_registered(name, version, settings)
     dataset = model_info["dataset"]
     prefix = features_prefix(settings, dataset, version)
+    snapshot = Snapshot(store, model_info["snapshot_uri"])
     if store.is_committed(prefix):
         marker = store.committed_manifest(prefix)
         reused = True
     else:
-        from dualmedia.snapshot import Snapshot
-
-        snapshot = Snapshot(store, model_info["snapshot_uri"])
         at = datetime.now(UTC).replace(microsecond=0)
         frames = score_snapshot(model_info["model"], snapshot.arrays(), version, at)
         metadata = {
@@ -242,11 +253,9 @@ def publish(name: str, version: str, settings: Settings) -> dict[str, Any]:
         write_offline(store, prefix, frames, metadata)
         marker = store.committed_manifest(prefix)
         reused = False
-    target = deploy_repo(settings)
-    start, end = _gather_offline(settings, dataset, target, version)
-    fs = feature_store(settings)
-    fs.apply(feast_objects())
-    fs.materialize(start_date=start - timedelta(seconds=1), end_date=end + timedelta(seconds=1))
+    target = _materialise(settings, dataset, version)
+    # The search catalogue, from the same vectors (serving loads it from object storage).
+    search = build_search_catalogue(settings, model_info["model"], snapshot, version)
     return {
         "offline_uri": str(prefix),
         "repo": str(target),
@@ -256,6 +265,70 @@ def publish(name: str, version: str, settings: Settings) -> dict[str, Any]:
         "published_at": marker["metadata"]["published_at"],
         "reused": reused,
         "online_store": settings.feast_profile,
+        "search": search,
+    }
+
+
+def _materialise(settings: Settings, dataset: str, version: str) -> Path:
+    """Every published version (and batch) of the dataset into the online store."""
+    target = deploy_repo(settings)
+    start, end = _gather_offline(settings, dataset, target, version)
+    fs = feature_store(settings)
+    fs.apply(feast_objects())
+    fs.materialize(start_date=start - timedelta(seconds=1), end_date=end + timedelta(seconds=1))
+    return target
+
+
+def publish_batch(
+    name: str, version: str, settings: Settings, batch: str, dataset_uri: str | None = None
+) -> dict[str, Any]:
+    """A raw batch that arrived after the version was published, scored by that version
+    (the one serving), into the feature store and the version's search catalogue: its
+    items are online and searchable without training or a redeploy (serving workers
+    pick the batch up within `Settings.search_refresh_s`). Idempotent per batch."""
+    from dualmedia.snapshot import Snapshot, table_to_arrays
+    from ingestion.checks import accepted_records
+    from serving.catalogue import Catalogue
+    from serving.search_store import (
+        batch_prefix,
+        catalogue_items,
+        publish_catalogue,
+        published_catalogue,
+        search_prefix,
+    )
+
+    store = ObjectStore(settings)
+    model_info = _load_registered(name, version, settings)
+    model, dataset = model_info["model"], model_info["dataset"]
+    search = search_prefix(settings, dataset, version)
+    store.committed_manifest(search)  # the version itself is published first
+    segment = batch_prefix(search, batch)
+    offline = features_prefix(settings, dataset, f"{version}-{batch}")
+    reused = store.is_committed(segment)
+    if not reused:
+        source_uri = dataset_uri or Snapshot(store, model_info["snapshot_uri"]).info.source_uri
+        spec, table = accepted_records(store, source_uri, batch)
+        at = datetime.now(UTC).replace(microsecond=0)
+        frames = score_snapshot(model, table_to_arrays(table, spec, model.media), version, at)
+        if not store.is_committed(offline):
+            rows = {view: len(frame) for view, frame in frames.items()}
+            metadata = {"model": name, "version": version, "batch": batch, "rows": rows,
+                        "published_at": at.isoformat()}  # fmt: skip
+            write_offline(store, offline, frames, metadata)
+        vectors = _vectors_of(frames)
+        items = catalogue_items([table], spec, vectors["predicted"], model.modalities)
+        catalogue = Catalogue(vectors["ids"], vectors["vectors"], items, version, "exact")
+        _materialise(settings, dataset, version)
+        found = publish_catalogue(store, catalogue, segment)
+    else:
+        found = published_catalogue(store, segment)
+    return {
+        "batch": batch,
+        "model_version": version,
+        "offline_uri": str(offline),
+        "search_uri": found["uri"],
+        "items": {t: r["items"] for t, r in found["targets"].items()},
+        "reused": reused,
     }
 
 

@@ -240,3 +240,30 @@ def _fetch(
         raise Reject(missing, f"field {m!r}: {exc}") from None
     except MediaTooLarge as exc:
         raise Reject(RejectReason(modality.too_large_reason), f"field {m!r}: {exc}") from None
+
+
+def accepted_records(store: Any, dataset_uri: str, batch: str) -> tuple[DatasetSpec, Any]:
+    """A raw batch's records that ingestion would accept, checked exactly as ingestion
+    checks them, as a records table (dualmedia.snapshot.record_schema); rejected lines
+    are left out. For work on one new batch without a snapshot (the drift monitor's
+    batch window, publishing a batch to search)."""
+    import pyarrow as pa
+
+    from dualmedia.snapshot import record_schema
+
+    source = DatasetSource(store, dataset_uri)
+    spec = source.spec()
+    config = IngestConfig()
+    found = {b.name: b for b in source.batches()}
+    if batch not in found:
+        raise ValueError(f"{dataset_uri}: no batch {batch!r}; batches: {sorted(found)}")
+    rows, seen = [], set()
+    for n, raw in enumerate(source.manifest_lines(found[batch]), start=1):
+        parsed = parse_line(raw, n, spec, config, seen)
+        if isinstance(parsed, ParsedRecord):
+            row = check_media(parsed, found[batch], source, spec, config)
+            if isinstance(row, dict):
+                rows.append(row)
+    if not rows:
+        raise ValueError(f"{dataset_uri}/{batch}: no usable record")
+    return spec, pa.Table.from_pylist(rows, schema=record_schema(spec))

@@ -101,29 +101,9 @@ def batch_window(
 ) -> Window:
     """A raw batch (e.g. newly uploaded feedback), decoded and preprocessed exactly as
     ingestion does, scored by the model. Records ingestion would reject are skipped."""
-    import pyarrow as pa
+    from ingestion.checks import accepted_records
 
-    from dualmedia.snapshot import record_schema
-    from ingestion.checks import ParsedRecord, check_media, parse_line
-    from ingestion.config import IngestConfig
-    from ingestion.source import DatasetSource
-
-    source = DatasetSource(ObjectStore(settings), dataset_uri)
-    spec = source.spec()
-    config = IngestConfig()
-    found = {b.name: b for b in source.batches()}
-    if batch not in found:
-        raise ValueError(f"{dataset_uri}: no batch {batch!r}; batches: {sorted(found)}")
-    rows, seen = [], set()
-    for n, raw in enumerate(source.manifest_lines(found[batch]), start=1):
-        parsed = parse_line(raw, n, spec, config, seen)
-        if isinstance(parsed, ParsedRecord):
-            row = check_media(parsed, found[batch], source, spec, config)
-            if isinstance(row, dict):
-                rows.append(row)
-    if not rows:
-        raise ValueError(f"{dataset_uri}/{batch}: no usable record")
-    table = pa.Table.from_pylist(rows, schema=record_schema(spec))
+    spec, table = accepted_records(ObjectStore(settings), dataset_uri, batch)
     arrays = table_to_arrays(table, spec, model.media)
     stats = table.select([c for c in RAW_COLUMNS if c in table.column_names]).to_pandas()
     return scored_window(model, arrays, stats, version, reliability)

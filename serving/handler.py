@@ -40,7 +40,7 @@ class DualmediaHandler:
         settings = Settings()
         threads = settings.serving_threads
         self.max_body_bytes = settings.serving_max_request_bytes
-        self.runtime = InferenceRuntime.from_folder(model_dir, version, threads=threads)
+        self.runtime = InferenceRuntime.from_folder(model_dir, version, threads, settings)
         from serving.served_log import ServedLog
 
         self.recorder = ServedLog.from_archive(

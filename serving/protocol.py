@@ -10,7 +10,8 @@ Bodies are JSON with base64 media:
               "target": "text" | ... | "fused", "k": 5, "filter": {"damaged": true,
               "sentiment": ["negative"], "predicted_sentiment": "negative", "batch": "b1",
               "created_at": {"from": "...Z", "to": "...Z"}}}  (weights: default equal;
-              target: default the catalogue's first modality in canonical order)
+              "rerank": 0.3}  (target: default the catalogue's first modality in canonical
+              order; rerank: weight of the agreement stage, default 0 = off)
     insights: {"text": "...", "image": "<base64>", "audio": "<base64>"}  (any non-empty subset)
 or multipart/form-data with the same field names (media as files).
 
@@ -66,6 +67,7 @@ class Request:
     k: int = 5
     weights: dict[str, float] = field(default_factory=dict)  # search: per query modality
     filter: dict[str, Any] | None = None  # search: serving.vector_index.Filter.from_dict
+    rerank: float = 0.0  # search: weight of the agreement stage (0: off)
 
 
 def read_json_body(raw: bytes, max_bytes: int | None = None) -> dict[str, Any]:
@@ -257,7 +259,7 @@ def parse_request(
             )
         return Request(task, inputs)
     if task == "search":
-        _allowed(body, {"query", "weights", "target", "k", "filter"})
+        _allowed(body, {"query", "weights", "target", "k", "filter", "rerank"})
         query = body.get("query")
         if not isinstance(query, dict):
             raise BadRequest(400, "missing_field", "field 'query' must be an object", "query")
@@ -280,7 +282,11 @@ def parse_request(
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 100:
             raise BadRequest(400, "bad_value", "field 'k' must be an integer in 1..100", "k")
         weights = _search_weights(body.get("weights"), inputs.modalities)
-        return Request(task, inputs, str(target), k, weights, _search_filter(body.get("filter")))
+        rerank = body.get("rerank", 0.0)
+        if not isinstance(rerank, int | float) or isinstance(rerank, bool) or not 0 <= rerank <= 1:
+            raise BadRequest(400, "bad_value", "field 'rerank' must be a number in 0..1", "rerank")
+        flt = _search_filter(body.get("filter"))
+        return Request(task, inputs, str(target), k, weights, flt, float(rerank))
     if task == "insights":
         _allowed(body, modality_fields)
         inputs = parse_inputs(body, media, bounds)

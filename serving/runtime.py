@@ -8,6 +8,9 @@ tests call it directly to compare the served answers with the in-process model.
 from __future__ import annotations
 
 import json
+import logging
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from dualmedia.modalities import MediaBounds, MediaConfig
+from dualmedia.settings import Settings
 from serving.catalogue import Catalogue, UnknownFilter
 from serving.protocol import BadRequest, Inputs, Request
 from training.models.scoring import (
@@ -25,6 +29,8 @@ from training.models.scoring import (
     embed_items,
     score_items,
 )
+
+log = logging.getLogger(__name__)
 
 
 class InferenceRuntime:
@@ -45,6 +51,7 @@ class InferenceRuntime:
         self.media: MediaConfig = model.media
         self.bounds: MediaBounds = model.bounds
         self.catalogue = catalogue
+        self.live: LiveCatalogue | None = None  # a catalogue in object storage, growing
         self.model_version = model_version
         # The worker's whole CPU budget: torch's threads and the BLAS numpy uses for
         # the log-mel (OpenBLAS ignores torch's setting and would take every core, so
@@ -53,14 +60,19 @@ class InferenceRuntime:
         threadpool_limits(limits=max(1, threads))
 
     @classmethod
-    def from_folder(cls, folder: Path, model_version: str, threads: int = 1) -> InferenceRuntime:
-        """Load an unpacked archive: weights.safetensors + model.json, and catalogue/."""
+    def from_folder(
+        cls,
+        folder: Path,
+        model_version: str,
+        threads: int = 1,
+        settings: Settings | None = None,
+    ) -> InferenceRuntime:
+        """Load an unpacked archive (weights.safetensors, model.json, archive.json) and
+        the search catalogue archive.json names in object storage (`settings`' store)."""
         from training.models.factory import load_fused_model_dir
 
         folder = Path(folder)
         model = load_fused_model_dir(folder)
-        catalogue_dir = folder / "catalogue"
-        catalogue = Catalogue.load(catalogue_dir) if catalogue_dir.exists() else None
         prompt_modality = model.encoder.prompt_modality
         if (folder / "tokenizer").exists() and prompt_modality is not None:
             from transformers import AutoTokenizer
@@ -71,7 +83,11 @@ class InferenceRuntime:
             )
         info_path = folder / "archive.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        return cls(model, catalogue, model_version, threads, info.get("reliability"))
+        runtime = cls(model, None, model_version, threads, info.get("reliability"))
+        if info.get("search_uri"):
+            runtime.live = LiveCatalogue(settings or Settings(), info["search_uri"])
+            runtime.catalogue = runtime.live.catalogue
+        return runtime
 
     @property
     def modalities(self) -> list[str]:
@@ -119,6 +135,8 @@ class InferenceRuntime:
         return answers
 
     def search(self, requests: list[Request]) -> list[dict[str, Any]]:
+        if self.live is not None:
+            self.live.refresh()
         if self.catalogue is None:
             raise ValueError("this model was archived without a search catalogue")
         embeddings = self.embeddings([r.inputs for r in requests])
@@ -128,7 +146,9 @@ class InferenceRuntime:
             target = r.target or given[0]
             queries = {m: embeddings[m][i] for m in given}
             try:
-                results = self.catalogue.search(queries, r.weights, target, r.k, r.filter)
+                results = self.catalogue.search(
+                    queries, r.weights, target, r.k, r.filter, rerank=r.rerank
+                )
             except UnknownFilter as exc:
                 raise BadRequest(400, "bad_value", f"field 'filter': {exc}", "filter") from None
             answers.append(
@@ -177,3 +197,40 @@ class InferenceRuntime:
         return {"embed": self.embed, "search": self.search, "insights": self.insights}[task](
             requests
         )
+
+
+class LiveCatalogue:
+    """A published catalogue (serving/search_store.py) and the batches published to it
+    since: every `search_refresh_s` a search first adds any new batch to the live indexes
+    (no redeploy). A failed look is logged and retried later; search keeps answering."""
+
+    def __init__(self, settings: Settings, uri: str) -> None:
+        from dualmedia.storage import ObjectStore
+        from serving.search_store import load_catalogue
+
+        self.store = ObjectStore(settings)
+        self.uri = uri
+        self.every_s = settings.search_refresh_s
+        self.catalogue = load_catalogue(self.store, uri)
+        self.batches: set[str] = set()
+        self.checked = -math.inf
+        self.refresh()
+
+    def refresh(self) -> list[str]:
+        from serving.search_store import batch_prefix, load_catalogue, new_batches
+
+        now = time.monotonic()
+        if now - self.checked < self.every_s:
+            return []
+        self.checked = now
+        added = []
+        try:
+            for batch in new_batches(self.store, self.uri, self.batches):
+                self.catalogue.extend(
+                    load_catalogue(self.store, str(batch_prefix(self.uri, batch)))
+                )
+                self.batches.add(batch)
+                added.append(batch)
+        except Exception as exc:  # object storage away: serve what is loaded, look again
+            log.warning("search catalogue %s: new batches not loaded: %s", self.uri, exc)
+        return added

@@ -122,7 +122,45 @@ def test_endpoints_record_what_they_served(platform: dict) -> None:
     assert set(window.frame["pred_sentiment"].dropna()) <= {"negative", "neutral", "positive"}
     assert window.embeddings["text"].shape[0] == len(window.frame)
     # The insights answers' gate weights are logged with them, for the monitor's checks.
-    assert window.frame["gate_text"].notna().all()
+    insights = window.frame[window.frame["whole_item"]]
+    assert len(insights) >= 32 and insights["gate_text"].notna().all()
+
+
+def test_a_batch_published_after_deploy_is_found_by_search_without_a_redeploy(
+    platform: dict,
+) -> None:
+    from feature_repo.publish import online_features, publish_batch
+    from training.registry import champion_version
+
+    settings: Settings = platform["settings"]
+    ts = TorchServeClient(settings)
+    served_before = ts.predict("embed", {"text": "x"}).json()["model_version"]
+    # Its own prefix: the training dataset's batches stay what the later tests expect.
+    late_uri = f"s3://{settings.raw_bucket}/e2e-late-feedback"
+    upload_batch(settings, late_uri, 12, seed=71, batch="batch-late", start=70_000)
+    version = champion_version(MODEL, settings)
+    result = publish_batch(MODEL, version, settings, "batch-late", late_uri)
+    assert result["items"]["fused"] == 12 and not result["reused"]
+    manifest = ObjectStore(settings).read_text(f"{late_uri}/batch-late/manifest.jsonl")
+    first = next(r for r in map(json.loads, manifest.splitlines()) if r.get("text"))
+
+    body = {"query": {"text": first["text"]}, "target": "text", "k": 3,
+            "filter": {"batch": "batch-late"}}  # fmt: skip
+    deadline = time.monotonic() + 60  # workers look every settings.search_refresh_s
+    results: list[dict] = []
+    while time.monotonic() < deadline:
+        answer = ts.predict("search", body)
+        results = answer.json().get("results", []) if answer.status_code == 200 else []
+        if results:
+            break
+        time.sleep(1)
+    assert results and results[0]["id"] == first["id"]  # its own text finds it first
+    assert results[0]["batch"] == "batch-late" and results[0]["text"] == first["text"]
+    assert ts.predict("embed", {"text": "x"}).json()["model_version"] == served_before
+    # ... and it is in the feature store, as published by the serving version.
+    (row,) = online_features(settings, [first["id"]])
+    assert row["model_version"] == version and row["text_embedding"] is not None
+    assert publish_batch(MODEL, version, settings, "batch-late", late_uri)["reused"]
 
 
 def test_the_production_profile_serves_features_from_redis(platform: dict) -> None:

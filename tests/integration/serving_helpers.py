@@ -12,8 +12,11 @@ import torch
 from PIL import Image
 
 from dualmedia.modalities import MediaConfig
+from dualmedia.settings import Settings
+from dualmedia.storage import ObjectStore
 from serving.archive import build_archive
 from serving.catalogue import Catalogue, CatalogueItem
+from serving.search_store import publish_catalogue, search_prefix
 from synthetic import dataset_spec
 from training.config import load_train_config
 from training.models.factory import build_fused_model, load_fused_model_dir, save_fused_model
@@ -54,14 +57,19 @@ def random_catalogue(dim: int, n: int = 30, seed: int = 0) -> Catalogue:
     return Catalogue({t: ids for t in vectors}, vectors, items, "test")
 
 
-def tiny_archive(tmp: Path, store: Path, version: str, seed: int) -> tuple[Path, Path]:
+def tiny_archive(tmp: Path, settings: Settings, version: str, seed: int) -> tuple[Path, Path]:
+    """A tiny random model's archive in the model store, its search catalogue (the
+    random one) published to object storage as the publish step would."""
     model_dir = tiny_model_dir(tmp / f"model-{version}", seed)
     dim = load_train_config(TINY).model.embed_dim
-    info = {"dataset": "customer-feedback", "run_id": f"run-{version}", "snapshot_id": "s"}
+    prefix = search_prefix(settings, "customer-feedback", version)
+    search = publish_catalogue(ObjectStore(settings), random_catalogue(dim), prefix)
+    info = {"dataset": "customer-feedback", "run_id": f"run-{version}", "snapshot_id": "s",
+            "search_uri": search["uri"]}  # fmt: skip
     tokenizer = load_fused_model_dir(model_dir).encoder.trunk("text").tokenizer
-    archive = build_archive(
-        model_dir, random_catalogue(dim), info, store, "customer-feedback", version, tokenizer
-    )
+    store = settings.torchserve_model_store
+    assert store is not None
+    archive = build_archive(model_dir, info, store, "customer-feedback", version, tokenizer)
     return archive, model_dir
 
 

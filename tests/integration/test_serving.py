@@ -5,6 +5,7 @@ deployment record in object storage), and equality with the in-process model."""
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,10 +39,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     # Object storage too: it holds the deployment record.
     stack = Stack(settings, only=["s3", "torchserve"])
     stack.up()
-    store = settings.torchserve_model_store
-    assert store is not None
-    v1, v1_dir = tiny_archive(tmp, store, "1", seed=1)
-    v2, v2_dir = tiny_archive(tmp, store, "2", seed=2)
+    v1, v1_dir = tiny_archive(tmp, settings, "1", seed=1)
+    v2, v2_dir = tiny_archive(tmp, settings, "2", seed=2)
     try:
         yield {
             "settings": settings,
@@ -62,7 +61,7 @@ def test_deploy_serves_every_endpoint_and_matches_in_process(served: dict) -> No
     client: TorchServeBackend = served["client"]
     assert sorted(client.models()) == ["embed", "insights", "search"]
 
-    runtime = InferenceRuntime.from_folder(_unpacked(served, "1"), "1")
+    runtime = InferenceRuntime.from_folder(_unpacked(served, "1"), "1", settings=settings)
     catalogue = runtime.catalogue_targets()
     bodies = {
         "embed": [{"text": "the mug arrived cracked"}, {"image": b64_png()}, {"audio": b64_wav()}],
@@ -257,6 +256,18 @@ def test_search_returns_catalogue_items(served: dict) -> None:
     catalogue = random_catalogue(len(client.predict("embed", {"text": "x"}).json()["embedding"]))
     assert {r["id"] for r in answer["results"]} <= set(catalogue.ids["image"])
     assert np.isfinite(scores).all()
+
+
+def test_the_catalogue_is_loaded_from_object_storage_not_from_the_archive(served: dict) -> None:
+    import zipfile
+
+    names = zipfile.ZipFile(served["archives"]["1"]).namelist()
+    assert not [n for n in names if n.startswith("catalogue")]
+    info = json.loads(zipfile.ZipFile(served["archives"]["1"]).read("archive.json"))
+    assert info["search_uri"].endswith("/search/customer-feedback/v1")
+    store = ObjectStore(served["settings"])
+    assert store.is_committed(info["search_uri"])
+    assert store.committed_manifest(info["search_uri"])["metadata"]["targets"]["fused"]["exact"]
 
 
 def test_a_photo_and_words_search_filtered_items_as_computed_in_process(served: dict) -> None:

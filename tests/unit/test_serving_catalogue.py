@@ -72,3 +72,42 @@ def test_the_catalogue_survives_save_and_load_and_reads_an_older_archive(tmp_pat
     loaded = Catalogue.load(tmp_path / "new")
     top = loaded.search({"text": catalogue.vectors["text"][0]}, {"text": 1.0}, "text", 1)
     assert top[0]["id"] == catalogue.ids["text"][0] and top[0]["text"].startswith("old ")
+
+
+def test_above_its_threshold_the_index_is_approximate_and_its_recall_is_measured(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(600, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"i{n}" for n in range(600)]
+    catalogue = Catalogue({"text": ids}, {"text": vectors}, {}, "1", "auto;exact_below=500")
+    report = catalogue.report()["text"]
+    assert report["items"] == 600 and report["exact"] is False
+    assert report["build_recall"]["recall@10"] >= 0.9
+    catalogue.save(tmp_path / "c")
+    again = Catalogue.load(tmp_path / "c")
+    assert again.report() == catalogue.report()  # the built index is loaded, not rebuilt
+    query = {"text": vectors[7]}
+    assert again.search(query, {"text": 1.0}, "text", 1)[0]["id"] == "i7"
+
+
+def test_re_ranking_moves_items_whose_other_modalities_disagree_and_explains_it() -> None:
+    rng = np.random.default_rng(4)
+    query = _unit(rng, 16)
+    # Two items whose photos match the query equally; only item "b"'s review agrees.
+    other = _unit(rng, 16)
+    images = np.stack([0.9 * query + 0.1 * other, 0.9 * query + 0.1 * other])
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    texts = np.stack([-query, query]).astype(np.float32)
+    catalogue = Catalogue({"image": ["a", "b"], "text": ["a", "b"]},
+                          {"image": images.astype(np.float32), "text": texts}, {})  # fmt: skip
+    plain = catalogue.search({"text": query}, {"text": 1.0}, "image", 2)
+    assert plain[0]["score"] == pytest.approx(plain[1]["score"])
+    ranked = catalogue.search({"text": query}, {"text": 1.0}, "image", 2, rerank=0.4)
+    assert [r["id"] for r in ranked] == ["b", "a"]
+    for r in ranked:
+        parts = r["rerank"]["contributions"]
+        assert parts["retrieval"] + parts["agreement"] == pytest.approx(r["score"], abs=1e-5)
+        assert parts["retrieval"] == pytest.approx(0.6 * r["rerank"]["retrieval"], abs=1e-5)
+    assert ranked[0]["rerank"]["agreement_by_modality"]["text"] == pytest.approx(1.0, abs=1e-5)
