@@ -60,10 +60,11 @@ class CatalogueItem:
 def attribute_columns(items: list[CatalogueItem]) -> dict[str, list[Any]]:
     """The items' attributes as columns; a yes/no label (classes "true" and "false") is a
     bool, so that a filter says `"damaged": true`."""
-    names = dict.fromkeys(k for item in items for k in item.attributes())
+    rows = [item.attributes() for item in items]  # built once per item, not per column
+    names = dict.fromkeys(k for row in rows for k in row)
     columns: dict[str, list[Any]] = {}
     for name in names:
-        values = [item.attributes().get(name) for item in items]
+        values = [row.get(name) for row in rows]
         if name != CREATED_AT and {v for v in values if v is not None} <= {"true", "false"}:
             values = [None if v is None else v == "true" for v in values]
         columns[name] = values
