@@ -1,18 +1,21 @@
-"""Vector search side by side: exact FAISS, approximate FAISS (HNSW, IVF-PQ), sqlite-vec.
+"""Vector search side by side: exact FAISS, approximate FAISS (HNSW, IVF-PQ), sqlite-vec, Feast.
 
 For each catalogue size, synthetic L2-normalised vectors of the model's dimension
 (configs/train/default.yaml: model.embed_dim) are indexed by every backend of
 serving.vector_index; each is timed on the same queries in interleaved rounds (so all
 share whatever else the machine is doing) and scored against the exact top 10:
 
-  build s, structure MB (the index's own bytes), RSS delta MB (process memory the build
-  kept), queries/s one query per call and in one batch, recall@10 unfiltered and under
-  a filter (20% of items: damaged) and a selective one (1%: one batch of 100).
+  build s, structure MB (the index's own bytes; Feast: Milvus's files), RSS delta MB
+  (memory the build kept, this process and its children: Milvus Lite is one), queries/s
+  one query per call and in one batch, recall@10 unfiltered and under a filter (20% of
+  items: damaged) and a selective one (1%: one batch of 100).
 
 HNSW is built once and searched at several efSearch values (a sweep costs no rebuild);
-the row marked * is the default config (serving.vector_index.DEFAULT_*). Feast's own
-vector retrieval (sqlite online store, retrieve_online_documents_v2) is probed and its
-row says why it does or does not run here.
+the row marked * is the default config (serving.vector_index.DEFAULT_*). `feast` is
+Feast's online document retrieval (retrieve_online_documents_v2) on its Milvus online
+store, embedded (Milvus Lite): serving/feast_vector_index.py. Feast's sqlite online store
+is probed and the footnote says why it is not offered. The scanning backends (sqlite-vec,
+feast) answer one query per call and are timed on --scan-queries of the queries.
 
   .venv/bin/python benchmarks/search.py                   # 100k and 1M, ~20-30 min on 2 cores
   .venv/bin/python benchmarks/search.py --sizes 100k      # ~3 min
@@ -24,7 +27,9 @@ Progress goes to stderr; the table (or JSON) to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import importlib.metadata
 import json
 import os
 import sys
@@ -34,6 +39,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +66,13 @@ def parse_size(text: str) -> int:
 
 
 def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """This process's resident memory and its children's (Milvus Lite runs as one)."""
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += child.memory_info().rss
+    return total / 2**20
 
 
 def synthetic(n: int, dim: int, kind: str, seed: int) -> np.ndarray:
@@ -93,10 +104,11 @@ def attributes(n: int) -> dict[str, list[Any]]:
     }
 
 
+SCANNING = ("sqlite-vec", "feast")
 FILTERS = {"none": None, "20%": {"damaged": True}, "1%": {"batch": "b07"}}
 
 
-def feast_probe() -> str:
+def feast_sqlite_probe() -> str:
     """Why Feast's sqlite vector retrieval can or cannot run in this interpreter."""
     import sqlite3
 
@@ -162,6 +174,8 @@ def run_size(n: int, args: argparse.Namespace, dim: int) -> list[dict[str, Any]]
             configs.append(("sqlite-vec", "sqlite-vec"))
         else:
             log(f"sqlite-vec skipped: {why}")
+    if not args.no_feast:
+        configs.append(("feast", "feast"))
     built: dict[str, vi.VectorIndex] = {}
     rows: dict[str, dict[str, Any]] = {}
     for name, config in configs:
@@ -213,8 +227,8 @@ def run_size(n: int, args: argparse.Namespace, dim: int) -> list[dict[str, Any]]
         index = built[name]
         index.config = config
         log(f"recall {label}")
-        # sqlite-vec scans every item per query, one query at a time: a subset of queries
-        qs = queries if name != "sqlite-vec" else queries[: args.sqlite_queries]
+        # sqlite-vec and Feast scan every item per query, one query per call: a subset
+        qs = queries if name not in SCANNING else queries[: args.scan_queries]
         results[label] = {
             **rows[name],
             "row": label,
@@ -227,8 +241,8 @@ def run_size(n: int, args: argparse.Namespace, dim: int) -> list[dict[str, Any]]
         for label, name, config in variants:
             index = built[name]
             index.config = config
-            single = args.single if name != "sqlite-vec" else min(args.single, 50)
-            qs = queries if name != "sqlite-vec" else queries[: args.sqlite_queries]
+            single = args.single if name not in SCANNING else min(args.single, 50)
+            qs = queries if name not in SCANNING else queries[: args.scan_queries]
             timing = time_queries(index, qs, single)
             for key in ("single", "batch"):
                 results[label][f"qps_{key}"] = max(
@@ -240,6 +254,9 @@ def run_size(n: int, args: argparse.Namespace, dim: int) -> list[dict[str, Any]]
                 results[label][f"qps_{key}"] / results["exact"][f"qps_{key}"]
             )
         results[label]["default"] = _is_default(results[label])
+    for index in built.values():
+        if hasattr(index, "close"):
+            index.close()
     del built, exact, vectors
     gc.collect()
     return list(results.values())
@@ -280,7 +297,8 @@ def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     short = [r["row"] for r in rows if not all(r[f"{f}_k_returned"] for f in FILTERS)]
     lines.append("every filtered query returned k items" if not short else f"fewer than k: {short}")
     lines.append(
-        f"feast (sqlite online store, retrieve_online_documents_v2): not run: {meta['feast']}"
+        f"feast: Milvus Lite {meta['milvus_lite']} online store (FLAT); Feast's sqlite online "
+        f"store not offered: {meta['feast_sqlite']}"
     )
     return "\n".join(lines)
 
@@ -292,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100k,1M", help="catalogue sizes, e.g. 100k,1M")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--single", type=int, default=200, help="queries timed one per call")
-    parser.add_argument("--sqlite-queries", type=int, default=200, help="sqlite-vec's queries")
+    parser.add_argument(
+        "--scan-queries", type=int, default=200, help="queries for sqlite-vec and feast"
+    )
     parser.add_argument("--threads", type=int, default=2, help="FAISS threads")
     parser.add_argument("--data", choices=["clustered", "uniform"], default="clustered")
     parser.add_argument("--hnsw-m", type=int, default=32)
@@ -305,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip", default="", help="indexes to leave out, e.g. ivfpq,sqlite-vec")
     parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument("--no-feast", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     args.ef_sweep = [int(x) for x in args.ef_sweep.split(",") if x]
@@ -318,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         "queries": args.queries,
         "data": args.data,
         "load_before": os.getloadavg()[0],
-        "feast": feast_probe(),
+        "feast_sqlite": feast_sqlite_probe(),
+        "milvus_lite": importlib.metadata.version("milvus-lite"),
         "faiss": faiss.__version__,
     }
     rows: list[dict[str, Any]] = []

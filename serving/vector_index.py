@@ -1,4 +1,4 @@
-"""Vector indexes for search: one interface over exact FAISS, approximate FAISS and sqlite-vec.
+"""Vector indexes for search: one interface over exact and approximate FAISS, sqlite-vec, Feast.
 
 Every index holds L2-normalised float32 vectors, a string id per vector and per-item
 attributes to filter on (label values and predictions as strings or bools, the batch
@@ -11,6 +11,8 @@ name, the created_at time). Scores are inner products, i.e. cosine similarities.
   ranks matching items, and a filtered query returns k results whenever k items match.
 - `SqliteVecIndex` keeps the vectors in a sqlite-vec `vec0` table with the attributes as
   metadata columns, filtered inside sqlite-vec's (exhaustive) KNN query.
+- `FeastVectorIndex` (serving/feast_vector_index.py) writes them to a Feast feature view
+  on Milvus and searches with Feast's `retrieve_online_documents_v2`.
 - `build_index` chooses: exact below `exact_below` items, approximate above (an "auto"
   exact index switches itself to the approximate one when `add` takes it over).
 
@@ -78,7 +80,8 @@ class IndexConfig:
     below `exact_below` items, `factory` above), ``sqlite-vec``. Keys: ``efSearch``,
     ``efConstruction`` (HNSW), ``nprobe`` (IVF), ``k_factor`` (refine), ``exact_below``,
     ``filter_scan_below``. Examples: ``auto:HNSW32,Flat;efSearch=128``,
-    ``faiss:IVF1024,PQ32;nprobe=32``, ``exact``, ``sqlite-vec``.
+    ``faiss:IVF1024,PQ32;nprobe=32``, ``exact``, ``sqlite-vec``, ``feast`` (Feast's
+    online document retrieval on Milvus: serving/feast_vector_index.py).
     """
 
     backend: str = "auto"
@@ -98,7 +101,7 @@ class IndexConfig:
         "exact_below": "exact_below",
         "filter_scan_below": "filter_scan_below",
     }
-    BACKENDS: ClassVar[tuple[str, ...]] = ("auto", "exact", "faiss", "sqlite-vec")
+    BACKENDS: ClassVar[tuple[str, ...]] = ("auto", "exact", "faiss", "sqlite-vec", "feast")
 
     @classmethod
     def parse(cls, text: str | IndexConfig) -> IndexConfig:
@@ -137,7 +140,7 @@ class IndexConfig:
         defaults = IndexConfig()
         parts = [
             self.backend
-            if self.backend in ("exact", "sqlite-vec")
+            if self.backend in ("exact", "sqlite-vec", "feast")
             else f"{self.backend}:{self.factory}"
         ]
         for key, name in self._KEYS.items():
@@ -954,6 +957,10 @@ def build_index(
     dim = vectors.shape[1] if vectors.size else 0
     if config.backend == "sqlite-vec":
         index: VectorIndex = SqliteVecIndex(dim)
+    elif config.backend == "feast":
+        from serving.feast_vector_index import FeastVectorIndex  # needs Feast's Milvus store
+
+        index = FeastVectorIndex(dim)
     elif config.backend == "auto" and len(vectors) < config.exact_below:
         index = FaissIndex(dim, config)  # exact now; becomes approximate if it grows
     elif config.backend == "auto":
@@ -983,7 +990,13 @@ def load_index(folder: str | Path, mmap: bool = False) -> VectorIndex:
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{folder}: index format {meta.get('format')}, expected {FORMAT_VERSION}")
-    readers = {FaissIndex.kind: FaissIndex._read, SqliteVecIndex.kind: SqliteVecIndex._read}
+    from serving.feast_vector_index import FeastVectorIndex
+
+    readers = {
+        FaissIndex.kind: FaissIndex._read,
+        SqliteVecIndex.kind: SqliteVecIndex._read,
+        FeastVectorIndex.kind: FeastVectorIndex._read,
+    }
     if meta.get("kind") not in readers:
         raise ValueError(f"{folder}: unknown index kind {meta.get('kind')!r}")
     return readers[meta["kind"]](folder, meta, mmap)
