@@ -35,7 +35,9 @@ def tiny_model_dir(folder: Path, seed: int) -> Path:
 SENTIMENTS = ("negative", "neutral", "positive")
 
 
-def random_catalogue(dim: int, n: int = 30, seed: int = 0) -> Catalogue:
+def random_catalogue(
+    dim: int, n: int = 30, seed: int = 0, index_config: str = "exact"
+) -> Catalogue:
     rng = np.random.default_rng(seed)
     vectors = {}
     for m in ("text", "image", "audio"):
@@ -54,7 +56,7 @@ def random_catalogue(dim: int, n: int = 30, seed: int = 0) -> Catalogue:
     }
     vectors["fused"] = vectors["text"] + vectors["image"]
     vectors["fused"] /= np.linalg.norm(vectors["fused"], axis=1, keepdims=True)
-    return Catalogue({t: ids for t in vectors}, vectors, items, "test")
+    return Catalogue({t: ids for t in vectors}, vectors, items, "test", index_config)
 
 
 def tiny_archive(tmp: Path, settings: Settings, version: str, seed: int) -> tuple[Path, Path]:

@@ -32,8 +32,10 @@ def test_a_weighted_query_ranks_by_the_weighted_similarities_and_explains_them()
         assert explained == pytest.approx(r["score"], abs=1e-5)
 
 
-def test_filters_return_exactly_the_matching_items_and_k_of_them() -> None:
-    catalogue = random_catalogue(16, n=60)
+# The feast backend: the same catalogue searched through Feast's Milvus online store.
+@pytest.mark.parametrize("index_config", ["exact", "feast"])
+def test_filters_return_exactly_the_matching_items_and_k_of_them(index_config: str) -> None:
+    catalogue = random_catalogue(16, n=60, index_config=index_config)
     query = {"text": _unit(np.random.default_rng(2), 16)}
     flt = {
         "damaged": True,
