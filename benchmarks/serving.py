@@ -502,12 +502,16 @@ def private_settings(home: Path) -> Any:
     return Settings(_env_file=None, home=home, startup_timeout_s=240.0, **values)  # type: ignore[call-arg]
 
 
-def build_model(tmp: Path, settings: Any = None) -> tuple[Path, Path, int]:
+def build_model(
+    tmp: Path, settings: Any = None, catalogue_items: int = 200, version: str = "1"
+) -> tuple[Path, Path, int]:
     """The default architecture, random weights: saved model dir, .mar archive, size.
-    With `settings`, a 200-item search catalogue goes to its object storage."""
+    With `settings`, a search catalogue of random unit vectors (`catalogue_items` per
+    modality and fused; the default index choice) goes to its object storage."""
     import torch
 
     from dualmedia.modalities import MediaConfig
+    from dualmedia.settings import get_settings
     from dualmedia.storage import ObjectStore
     from serving.archive import build_archive
     from serving.catalogue import Catalogue, CatalogueItem
@@ -524,18 +528,21 @@ def build_model(tmp: Path, settings: Any = None) -> tuple[Path, Path, int]:
     params = sum(p.numel() for p in model.parameters())
     rng = np.random.default_rng(0)
     vectors = {}
-    for m in ("text", "image", "audio"):
-        v = rng.normal(size=(200, config.embed_dim)).astype(np.float32)
+    for m in ("text", "image", "audio", "fused"):
+        v = rng.normal(size=(catalogue_items, config.embed_dim)).astype(np.float32)
         vectors[m] = v / np.linalg.norm(v, axis=1, keepdims=True)
-    ids = [f"item-{i:03d}" for i in range(200)]
+    ids = [f"item-{i:06d}" for i in range(catalogue_items)]
+    items = {
+        i: CatalogueItem(text="review", batch=f"batch-{n % 100:03d}") for n, i in enumerate(ids)
+    }
     catalogue = Catalogue(
-        {m: ids for m in vectors}, vectors, {i: CatalogueItem(text="review") for i in ids}, "1"
+        {m: ids for m in vectors}, vectors, items, version, get_settings().search_index
     )
     info = {"dataset": "benchmark", "run_id": "benchmark", "snapshot_id": "benchmark"}
     if settings is not None:
-        prefix = search_prefix(settings, "benchmark", "1")
+        prefix = search_prefix(settings, "benchmark", version)
         info["search_uri"] = publish_catalogue(ObjectStore(settings), catalogue, prefix)["uri"]
-    archive = build_archive(model_dir, info, tmp / "archives", "benchmark", "1")
+    archive = build_archive(model_dir, info, tmp / "archives", "benchmark", version)
     return model_dir, archive, params
 
 
