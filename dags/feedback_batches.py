@@ -1,8 +1,13 @@
-"""Feedback loop: a new labelled batch uploaded to the raw dataset starts training.
+"""Feedback loop: a new labelled batch uploaded to the raw dataset is searchable within
+minutes, and starts training.
 
 Every 10 minutes (or on demand) this looks for batches the latest snapshot does not
 hold yet; when it finds one it emits the `dualmedia-feedback` asset, which the
-training DAG is scheduled on. Nothing new: the task is skipped and no asset is emitted.
+training DAG is scheduled on, and publishes each new batch, scored by the champion
+(the serving version), to Feast and to its search catalogue (`dualmedia publish
+--batch`), so serving workers search it without waiting for the retrained model.
+Nothing new: the tasks are skipped and no asset is emitted. No champion yet: the
+publish is skipped (nothing serves search).
 """
 
 from __future__ import annotations
@@ -48,7 +53,20 @@ def feedback_batches() -> Any:
         )
         return plan["new_batches"]
 
-    find_new_batches()
+    @task(**IO_RETRIES)
+    def publish_to_search(new_batches: list[str], params: dict[str, Any] | None = None) -> Any:
+        from feature_repo.publish import publish_batch
+        from training.registry import champion_version
+
+        assert params is not None
+        settings = get_settings()
+        name, uri = settings.model_name, params["dataset_uri"]
+        version = champion_version(name, settings)
+        if version is None:
+            raise AirflowSkipException(f"no champion of {name}: nothing to score with")
+        return {batch: publish_batch(name, version, settings, batch, uri) for batch in new_batches}
+
+    publish_to_search(find_new_batches())
 
 
 feedback_batches()

@@ -362,7 +362,9 @@ def test_a_drifted_batch_starts_retraining_in_airflow(platform: dict) -> None:
     )
 
 
-def test_a_new_feedback_batch_starts_training_through_its_asset(platform: dict) -> None:
+def test_a_new_feedback_batch_is_searched_and_starts_training(platform: dict) -> None:
+    from training.registry import champion_version
+
     settings: Settings = platform["settings"]
     airflow = AirflowClient(settings)
     airflow.set_paused("multimodal_training", False)
@@ -375,6 +377,11 @@ def test_a_new_feedback_batch_starts_training_through_its_asset(platform: dict) 
         assert time.monotonic() < deadline
         time.sleep(3)
     assert airflow.dag_run("feedback_batches", run["dag_run_id"])["state"] == "success"
+    # The batch went to search too, scored by the champion, before any retraining.
+    published = airflow.xcom("feedback_batches", run["dag_run_id"], "publish_to_search")
+    assert published["batch-0003"]["model_version"] == champion_version(MODEL, settings)
+    assert 0 < published["batch-0003"]["items"]["fused"] <= 60
+    assert ObjectStore(settings).is_committed(published["batch-0003"]["search_uri"])
     started = []
     while not started and time.monotonic() < deadline:
         started = [
