@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import shutil
 import sys
@@ -42,21 +41,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_support import serving_benchmark  # noqa: E402
+
 from synthetic.traffic import Probe, good_probes, hostile_probes, judge  # noqa: E402
 
 ENDPOINTS = ("embed", "search", "insights")
-
-
-def _serving_benchmark() -> Any:
-    """benchmarks/serving.py (private settings, the default model's archive)."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_serving", REPO / "benchmarks" / "serving.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def send(client: Any, probe: Probe) -> tuple[int, Any, float]:
@@ -111,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from serving.backend import get_backend
     from serving.deploy import deploy
 
-    bench = _serving_benchmark()
+    bench = serving_benchmark()
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="dualmedia-bench-bad-traffic-"))
     with contextlib.ExitStack() as cleanup:

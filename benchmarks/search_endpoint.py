@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import itertools
 import json
 import shutil
@@ -35,6 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_support import serving_benchmark  # noqa: E402
+
 QUERIES = {
     "text -> fused": {},
     "text -> fused, 1% filter": {"filter": {"batch": "batch-007"}},
@@ -43,18 +44,6 @@ QUERIES = {
 
 def log(message: str) -> None:
     print(f"[search-endpoint {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _serving_benchmark() -> Any:
-    """benchmarks/serving.py: private settings, the model builder, TorchServe, the client."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_serving", REPO / "benchmarks" / "serving.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_size(text: str) -> int:
@@ -76,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from dualmedia.stack import Stack
     from serving.client import TorchServeClient
 
-    bench = _serving_benchmark()
+    bench = serving_benchmark()
     sizes = {"small": parse_size(args.small), "large": parse_size(args.large)}
     tmp = Path(tempfile.mkdtemp(prefix="dualmedia-bench-search-"))
     settings = bench.private_settings(tmp / "home")

@@ -40,8 +40,10 @@ from serving.vector_index import (
     Filter,
     IndexConfig,
     VectorIndex,
-    _Attributes,
     _to_micros,
+    check_declared,
+    equals_lists,
+    fixed_attribute_kinds,
 )
 
 VIEW = "item_vectors"
@@ -145,14 +147,8 @@ class FeastVectorIndex(VectorIndex):
         self, vectors: np.ndarray, ids: list[str], columns: Mapping[str, Sequence[AttrValue]]
     ) -> None:
         if self.kinds is None:
-            probe = _Attributes()
-            self._create({n: probe._kind(n, v) for n, v in columns.items() if n != CREATED_AT})
-        unknown = set(columns) - set(self.fields) - {CREATED_AT}
-        if unknown:
-            raise ValueError(
-                f"add: attributes {sorted(unknown)} were not declared when the Feast view "
-                "was created (its schema is fixed)"
-            )
+            self._create(fixed_attribute_kinds(columns))
+        check_declared(columns, self.fields, "Feast view (its schema is fixed)")
         start = len(self)
         frame: dict[str, Any] = {
             ROW: [str(start + n) for n in range(len(ids))],
@@ -191,9 +187,7 @@ class FeastVectorIndex(VectorIndex):
         if flt is None or flt.is_empty():
             return None
         parts: list[Any] = []
-        for name, wanted in flt.equals.items():
-            if isinstance(wanted, str | bool):
-                wanted = [wanted]
+        for name, wanted in equals_lists(flt):
             values = [("true" if v else "false") if isinstance(v, bool) else v for v in wanted]
             parts.append(ComparisonFilter(type="in", key=self.fields[name], value=values))
         lo, hi = flt.time_range()

@@ -298,14 +298,12 @@ class _Attributes:
 
     def mask(self, flt: Filter) -> np.ndarray:
         keep = np.ones(self.n, dtype=bool)
-        for name, wanted in flt.equals.items():
+        for name, wanted in equals_lists(flt):
             if name not in self.kinds:
                 raise ValueError(
                     f"filter: unknown attribute {name!r} "
                     f"(known: {', '.join(sorted([*self.kinds, CREATED_AT])) or 'none'})"
                 )
-            if isinstance(wanted, str | bool):
-                wanted = [wanted]
             kind = bool if self.kinds[name] == "bool" else str
             for value in wanted:
                 if type(value) is not kind:
@@ -774,6 +772,31 @@ def _connect(path: str) -> Any:
     return conn
 
 
+# ---- helpers of the backends whose attribute columns are fixed at creation ------------
+
+
+def fixed_attribute_kinds(columns: Mapping[str, Sequence[AttrValue]]) -> dict[str, str]:
+    """Each attribute's kind ("str" or "bool"; created_at apart), to create columns with."""
+    probe = _Attributes()
+    return {n: probe._kind(n, v) for n, v in columns.items() if n != CREATED_AT}
+
+
+def check_declared(
+    columns: Mapping[str, Sequence[AttrValue]], declared: Collection[str], store: str
+) -> None:
+    unknown = set(columns) - set(declared) - {CREATED_AT}
+    if unknown:
+        raise ValueError(
+            f"add: attributes {sorted(unknown)} were not declared when the {store} was created"
+        )
+
+
+def equals_lists(flt: Filter) -> Iterable[tuple[str, list[str | bool]]]:
+    """The filter's attribute conditions, each as the list of values it accepts."""
+    for name, wanted in flt.equals.items():
+        yield name, [wanted] if isinstance(wanted, str | bool) else list(wanted)
+
+
 # vec0 metadata columns cannot hold NULL: a missing value is stored as these.
 _SQL_MISSING_TEXT = "\x1fmissing"
 _SQL_MISSING_INT = -1
@@ -835,15 +858,9 @@ class SqliteVecIndex(VectorIndex):
         self, vectors: np.ndarray, ids: list[str], columns: Mapping[str, Sequence[AttrValue]]
     ) -> None:
         if self.columns is None:
-            probe = _Attributes()
-            self._create({n: probe._kind(n, v) for n, v in columns.items() if n != CREATED_AT})
+            self._create(fixed_attribute_kinds(columns))
         assert self.columns is not None
-        unknown = set(columns) - set(self.columns) - {CREATED_AT}
-        if unknown:
-            raise ValueError(
-                f"add: attributes {sorted(unknown)} were not declared when the sqlite-vec "
-                "table was created (vec0 cannot add columns)"
-            )
+        check_declared(columns, self.columns, "sqlite-vec table (vec0 cannot add columns)")
         start = len(self)
         names = list(self.columns)
         created = columns.get(CREATED_AT)
@@ -875,9 +892,7 @@ class SqliteVecIndex(VectorIndex):
             return "", []
         assert self.columns is not None
         parts, params = [], []
-        for name, wanted in flt.equals.items():
-            if isinstance(wanted, str | bool):
-                wanted = [wanted]
+        for name, wanted in equals_lists(flt):
             values = [int(v) if isinstance(v, bool) else v for v in wanted]
             parts.append(f"{self.columns[name]} IN ({', '.join('?' * len(values))})")
             params.extend(values)
