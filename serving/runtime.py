@@ -7,10 +7,10 @@ tests call it directly to compare the served answers with the in-process model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import math
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +135,6 @@ class InferenceRuntime:
         return answers
 
     def search(self, requests: list[Request]) -> list[dict[str, Any]]:
-        if self.live is not None:
-            self.live.refresh()
         if self.catalogue is None:
             raise ValueError("this model was archived without a search catalogue")
         embeddings = self.embeddings([r.inputs for r in requests])
@@ -146,9 +144,11 @@ class InferenceRuntime:
             target = r.target or given[0]
             queries = {m: embeddings[m][i] for m in given}
             try:
-                results = self.catalogue.search(
-                    queries, r.weights, target, r.k, r.filter, rerank=r.rerank
-                )
+                # A live catalogue grows from a background thread: search what is loaded.
+                with self.live.lock if self.live is not None else contextlib.nullcontext():
+                    results = self.catalogue.search(
+                        queries, r.weights, target, r.k, r.filter, rerank=r.rerank
+                    )
             except UnknownFilter as exc:
                 raise BadRequest(400, "bad_value", f"field 'filter': {exc}", "filter") from None
             answers.append(
@@ -201,8 +201,10 @@ class InferenceRuntime:
 
 class LiveCatalogue:
     """A published catalogue (serving/search_store.py) and the batches published to it
-    since: every `search_refresh_s` a search first adds any new batch to the live indexes
-    (no redeploy). A failed look is logged and retried later; search keeps answering."""
+    since: a background thread looks every `search_refresh_s` and adds any new batch to
+    the live indexes (no redeploy), so no request waits for object storage. A batch is
+    downloaded outside `lock` and added under it; searches hold it while they read. A
+    failed look is logged and retried later; search keeps answering."""
 
     def __init__(self, settings: Settings, uri: str) -> None:
         from dualmedia.storage import ObjectStore
@@ -213,22 +215,29 @@ class LiveCatalogue:
         self.every_s = settings.search_refresh_s
         self.catalogue = load_catalogue(self.store, uri)
         self.batches: set[str] = set()
-        self.checked = -math.inf
-        self.refresh()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.refresh()  # the batches published so far, before the first search
+        threading.Thread(target=self._watch, name="search-refresh", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            self.refresh()
+
+    def close(self) -> None:
+        """Stop looking for new batches."""
+        self.stopped.set()
 
     def refresh(self) -> list[str]:
+        """Add the batches published since the last look; their names."""
         from serving.search_store import batch_prefix, load_catalogue, new_batches
 
-        now = time.monotonic()
-        if now - self.checked < self.every_s:
-            return []
-        self.checked = now
         added = []
         try:
             for batch in new_batches(self.store, self.uri, self.batches):
-                self.catalogue.extend(
-                    load_catalogue(self.store, str(batch_prefix(self.uri, batch)))
-                )
+                segment = load_catalogue(self.store, str(batch_prefix(self.uri, batch)))
+                with self.lock:
+                    self.catalogue.extend(segment)
                 self.batches.add(batch)
                 added.append(batch)
         except Exception as exc:  # object storage away: serve what is loaded, look again

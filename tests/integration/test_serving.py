@@ -270,6 +270,44 @@ def test_the_catalogue_is_loaded_from_object_storage_not_from_the_archive(served
     assert store.committed_manifest(info["search_uri"])["metadata"]["targets"]["fused"]["exact"]
 
 
+def test_a_live_catalogue_adds_a_new_batch_in_the_background(served: dict) -> None:
+    """A batch published after load is searchable without any search call to trigger it
+    (a background thread looks every search_refresh_s)."""
+    import time
+
+    from serving.catalogue import Catalogue, CatalogueItem
+    from serving.runtime import LiveCatalogue
+    from serving.search_store import batch_prefix, publish_catalogue, search_prefix
+
+    settings = served["settings"].model_copy(update={"search_refresh_s": 0.2})
+    store = ObjectStore(settings)
+    # A prefix of its own: the TorchServe of this module watches v1's catalogue.
+    prefix = search_prefix(settings, "live-catalogue-test", "1")
+    publish_catalogue(store, random_catalogue(16, n=30), prefix)
+    uri = str(prefix)
+    live = LiveCatalogue(settings, uri)
+    try:
+        assert len(live.catalogue.ids["text"]) == 30 and live.batches == set()
+        rng = np.random.default_rng(5)
+        vectors = {t: rng.normal(size=(4, 16)).astype(np.float32) for t in live.catalogue.ids}
+        vectors = {t: v / np.linalg.norm(v, axis=1, keepdims=True) for t, v in vectors.items()}
+        ids = [f"late-{i}" for i in range(4)]
+        items = {i: CatalogueItem(text=f"late {i}", batch="batch-late") for i in ids}
+        late = Catalogue({t: ids for t in vectors}, vectors, items, "1")
+        publish_catalogue(store, late, batch_prefix(uri, "batch-late"))
+        deadline = time.monotonic() + 30
+        while "batch-late" not in live.batches and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert live.batches == {"batch-late"} and len(live.catalogue.ids["text"]) == 34
+        with live.lock:
+            found = live.catalogue.search(
+                {"text": vectors["text"][2]}, {"text": 1.0}, "text", 1, {"batch": "batch-late"}
+            )
+        assert [r["id"] for r in found] == ["late-2"]
+    finally:
+        live.close()
+
+
 def test_a_photo_and_words_search_filtered_items_as_computed_in_process(served: dict) -> None:
     """A two-modality query with weights, on the fused target, filtered by a label and a
     time range: the k best matching items by sum_m w_m cos(q_m, item), each with the
