@@ -6,7 +6,7 @@ serving.vector_index; each is timed on the same queries in interleaved rounds (s
 share whatever else the machine is doing) and scored against the exact top 10:
 
   build s, structure MB (the index's own bytes; Feast: Milvus's files), RSS delta MB
-  (memory the build kept, this process and its children: Milvus Lite is one), queries/s
+  (memory the build kept, with any child process; Milvus Lite runs in-process), queries/s
   one query per call and in one batch, recall@10 unfiltered and under a filter (20% of
   items: damaged) and a selective one (1%: one batch of 100).
 
@@ -66,7 +66,7 @@ def parse_size(text: str) -> int:
 
 
 def rss_mb() -> float:
-    """This process's resident memory and its children's (Milvus Lite runs as one)."""
+    """This process's resident memory and its children's."""
     me = psutil.Process()
     total = me.memory_info().rss
     for child in me.children(recursive=True):

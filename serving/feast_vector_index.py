@@ -25,6 +25,7 @@ import logging
 import shutil
 import tempfile
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,6 +59,15 @@ _WRITE_CHUNK = 10_000
 _MISSING = ""
 
 
+def _release(db_path: str | None, folder: Path | None) -> None:
+    if db_path is not None:
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(db_path)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _time_key(micros: int) -> str:
     return f"{micros - int(_NO_TIME):020d}"
 
@@ -75,6 +85,7 @@ class FeastVectorIndex(VectorIndex):
         attribute_kinds: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(dim, IndexConfig(backend="feast"))
+        owned = folder is None
         self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp("-feast"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.online_store = dict(
@@ -82,6 +93,11 @@ class FeastVectorIndex(VectorIndex):
             or {"type": "milvus", "path": str(self.folder / MILVUS_FOLDER / MILVUS_FILE)}
         )
         (self.folder / MILVUS_FOLDER).mkdir(exist_ok=True)
+        # Milvus Lite serves each file from a server in this process until released; a
+        # folder of our own is deleted with the index.
+        self._finalizer = weakref.finalize(
+            self, _release, self.online_store.get("path"), self.folder if owned else None
+        )
         self.kinds: dict[str, str] | None = None
         self.fields: dict[str, str] = {}  # attribute -> field name
         self.store: Any = None
@@ -222,16 +238,23 @@ class FeastVectorIndex(VectorIndex):
                 scores[q, j] = similarity
         return scores, rows
 
-    def close(self) -> None:
-        """Stop the embedded Milvus (it runs as a child process)."""
+    def _disconnect(self) -> None:
+        """Close Feast's Milvus client and stop the embedded server (its files are then
+        complete); the next call opens them again."""
         if self.store is not None and self.store._provider.online_store.client is not None:
             self._milvus_client().close()
             self.store._provider.online_store.client = None
+        _release(self.online_store.get("path"), None)
+
+    def close(self) -> None:
+        """Stop the embedded Milvus and delete the index's own folder (if it made one)."""
+        self._disconnect()
+        self._finalizer()
 
     def _write(self, folder: Path) -> dict[str, Any]:
         if "path" not in self.online_store:
             raise ValueError("save: a Feast index on a Milvus server lives there, not in files")
-        self.close()  # Milvus Lite writes its files through on close
+        self._disconnect()
         shutil.copytree(self.folder / MILVUS_FOLDER, folder / MILVUS_FOLDER)
         return {"attributes": self.kinds}
 
@@ -240,8 +263,9 @@ class FeastVectorIndex(VectorIndex):
         # Work on a copy: the saved folder stays as it was saved.
         work = Path(tempfile.mkdtemp("-feast"))
         shutil.copytree(folder / MILVUS_FOLDER, work / MILVUS_FOLDER)
-        kinds = meta.get("attributes")
-        obj = cls(int(meta["dim"]), work, attribute_kinds=kinds)
+        obj = cls(int(meta["dim"]), work, attribute_kinds=meta.get("attributes"))
+        obj._finalizer.detach()  # the copy is this index's own: deleted with it
+        obj._finalizer = weakref.finalize(obj, _release, obj.online_store["path"], work)
         obj._restore_items(folder, int(meta["count"]))
         obj.build_recall = meta.get("build_recall")
         return obj
