@@ -13,6 +13,7 @@ so a filtered query returns k results whenever k items match.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,9 @@ class Catalogue:
     ) -> None:
         self.ids, self.vectors, self.items = ids, vectors, items
         self.model_version, self.index_config = model_version, index_config
+        # A served catalogue grows (extend, from serving's refresh thread) while requests
+        # search it: each holds the lock, so a search never sees half a batch.
+        self.lock = threading.Lock()
         self.indexes: dict[str, VectorIndex] = dict(indexes or {})
         self.rows = {t: {item_id: n for n, item_id in enumerate(ids[t])} for t in ids}
         for target, target_vectors in vectors.items():
@@ -113,6 +117,10 @@ class Catalogue:
         """Add another catalogue's items (a batch published after this one was built) to
         the live indexes, without a rebuild; items already here are kept as they are.
         Returns how many target rows were added."""
+        with self.lock:
+            return self._extend(other)
+
+    def _extend(self, other: Catalogue) -> int:
         added = 0
         for target, ids in other.ids.items():
             rows = self.rows.setdefault(target, {})
@@ -162,6 +170,19 @@ class Catalogue:
         cosine between the query and the candidate's *other* modalities (all of them for
         `fused`): an item whose photo matches the words but whose review and voice say
         something else moves down. Each result says how much each part gave."""
+        with self.lock:
+            return self._search(queries, weights, target, k, filter, rerank, rerank_depth)
+
+    def _search(
+        self,
+        queries: Mapping[str, np.ndarray],
+        weights: Mapping[str, float],
+        target: str,
+        k: int,
+        filter: Mapping[str, Any] | None,
+        rerank: float,
+        rerank_depth: int,
+    ) -> list[dict[str, Any]]:
         index = self.indexes[target]
         total = sum(weights[m] for m in queries)
         share = {m: weights[m] / total for m in queries}

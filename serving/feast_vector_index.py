@@ -72,6 +72,11 @@ def _time_key(micros: int) -> str:
     return f"{micros - int(_NO_TIME):020d}"
 
 
+def _field_value(value: str | bool) -> str:
+    """An attribute value as the string field holds it."""
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
 class FeastVectorIndex(VectorIndex):
     """Items in a Feast feature view on a vector-capable online store (Milvus)."""
 
@@ -83,9 +88,10 @@ class FeastVectorIndex(VectorIndex):
         folder: str | Path | None = None,
         online_store: Mapping[str, Any] | None = None,
         attribute_kinds: Mapping[str, str] | None = None,
+        delete_folder: bool = False,
     ) -> None:
         super().__init__(dim, IndexConfig(backend="feast"))
-        owned = folder is None
+        owned = folder is None or delete_folder
         self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp("-feast"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.online_store = dict(
@@ -101,7 +107,6 @@ class FeastVectorIndex(VectorIndex):
         self.kinds: dict[str, str] | None = None
         self.fields: dict[str, str] = {}  # attribute -> field name
         self.store: Any = None
-        self.view: Any = None
         if attribute_kinds is not None:
             self._create(dict(attribute_kinds))
 
@@ -148,7 +153,7 @@ class FeastVectorIndex(VectorIndex):
             *[Field(name=f, dtype=String) for f in self.fields.values()],
             Field(name=CREATED_AT, dtype=String),
         ]
-        self.view = FeatureView(
+        view = FeatureView(
             name=VIEW,
             entities=[item],
             ttl=timedelta(days=36500),
@@ -157,7 +162,7 @@ class FeastVectorIndex(VectorIndex):
             source=FileSource(path=str(self.folder / "unused.parquet"), timestamp_field="ts"),
             online=True,
         )
-        self.store.apply([item, self.view])
+        self.store.apply([item, view])
 
     def _add_vectors(
         self, vectors: np.ndarray, ids: list[str], columns: Mapping[str, Sequence[AttrValue]]
@@ -174,10 +179,7 @@ class FeastVectorIndex(VectorIndex):
         }
         for name, field in self.fields.items():
             values = columns.get(name, [None] * len(ids))
-            frame[field] = [
-                _MISSING if v is None else ("true" if v else "false") if isinstance(v, bool) else v
-                for v in values
-            ]
+            frame[field] = [_MISSING if v is None else _field_value(v) for v in values]
         created = columns.get(CREATED_AT, [None] * len(ids))
         frame[CREATED_AT] = [
             _MISSING if v is None else _time_key(_to_micros(v))  # type: ignore[arg-type]
@@ -204,7 +206,7 @@ class FeastVectorIndex(VectorIndex):
             return None
         parts: list[Any] = []
         for name, wanted in equals_lists(flt):
-            values = [("true" if v else "false") if isinstance(v, bool) else v for v in wanted]
+            values = [_field_value(v) for v in wanted]
             parts.append(ComparisonFilter(type="in", key=self.fields[name], value=values))
         lo, hi = flt.time_range()
         if lo is not None:
@@ -263,9 +265,8 @@ class FeastVectorIndex(VectorIndex):
         # Work on a copy: the saved folder stays as it was saved.
         work = Path(tempfile.mkdtemp("-feast"))
         shutil.copytree(folder / MILVUS_FOLDER, work / MILVUS_FOLDER)
-        obj = cls(int(meta["dim"]), work, attribute_kinds=meta.get("attributes"))
-        obj._finalizer.detach()  # the copy is this index's own: deleted with it
-        obj._finalizer = weakref.finalize(obj, _release, obj.online_store["path"], work)
+        kinds = meta.get("attributes")
+        obj = cls(int(meta["dim"]), work, attribute_kinds=kinds, delete_folder=True)
         obj._restore_items(folder, int(meta["count"]))
         obj.build_recall = meta.get("build_recall")
         return obj

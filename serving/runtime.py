@@ -7,7 +7,6 @@ tests call it directly to compare the served answers with the in-process model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -144,11 +143,9 @@ class InferenceRuntime:
             target = r.target or given[0]
             queries = {m: embeddings[m][i] for m in given}
             try:
-                # A live catalogue grows from a background thread: search what is loaded.
-                with self.live.lock if self.live is not None else contextlib.nullcontext():
-                    results = self.catalogue.search(
-                        queries, r.weights, target, r.k, r.filter, rerank=r.rerank
-                    )
+                results = self.catalogue.search(
+                    queries, r.weights, target, r.k, r.filter, rerank=r.rerank
+                )
             except UnknownFilter as exc:
                 raise BadRequest(400, "bad_value", f"field 'filter': {exc}", "filter") from None
             answers.append(
@@ -203,8 +200,8 @@ class LiveCatalogue:
     """A published catalogue (serving/search_store.py) and the batches published to it
     since: a background thread looks every `search_refresh_s` and adds any new batch to
     the live indexes (no redeploy), so no request waits for object storage. A batch is
-    downloaded outside `lock` and added under it; searches hold it while they read. A
-    failed look is logged and retried later; search keeps answering."""
+    downloaded first, then added (under the catalogue's lock, as searches read under it).
+    A failed look is logged and retried later; search keeps answering."""
 
     def __init__(self, settings: Settings, uri: str) -> None:
         from dualmedia.storage import ObjectStore
@@ -215,7 +212,6 @@ class LiveCatalogue:
         self.every_s = settings.search_refresh_s
         self.catalogue = load_catalogue(self.store, uri)
         self.batches: set[str] = set()
-        self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.refresh()  # the batches published so far, before the first search
         threading.Thread(target=self._watch, name="search-refresh", daemon=True).start()
@@ -236,8 +232,7 @@ class LiveCatalogue:
         try:
             for batch in new_batches(self.store, self.uri, self.batches):
                 segment = load_catalogue(self.store, str(batch_prefix(self.uri, batch)))
-                with self.lock:
-                    self.catalogue.extend(segment)
+                self.catalogue.extend(segment)
                 self.batches.add(batch)
                 added.append(batch)
         except Exception as exc:  # object storage away: serve what is loaded, look again

@@ -299,10 +299,9 @@ def test_a_live_catalogue_adds_a_new_batch_in_the_background(served: dict) -> No
         while "batch-late" not in live.batches and time.monotonic() < deadline:
             time.sleep(0.1)
         assert live.batches == {"batch-late"} and len(live.catalogue.ids["text"]) == 34
-        with live.lock:
-            found = live.catalogue.search(
-                {"text": vectors["text"][2]}, {"text": 1.0}, "text", 1, {"batch": "batch-late"}
-            )
+        found = live.catalogue.search(
+            {"text": vectors["text"][2]}, {"text": 1.0}, "text", 1, {"batch": "batch-late"}
+        )
         assert [r["id"] for r in found] == ["late-2"]
     finally:
         live.close()
