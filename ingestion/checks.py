@@ -13,7 +13,7 @@ from typing import Any
 
 from dualmedia import jsonbounds, modalities
 from dualmedia.contract import BinaryLabel, DatasetSpec, RejectReason
-from dualmedia.modalities import MediaError, ModalitySpec
+from dualmedia.modalities import MediaError, ModalitySpec, Reading
 from dualmedia.snapshot import SPLITS, label_column
 from ingestion.config import IngestConfig
 from ingestion.source import (
@@ -113,19 +113,22 @@ def parse_line(
             field_name = _field_with_bad_bytes(obj)
             inline = {m.name for m in modalities.specs(spec.modalities) if m.inline}
             if field_name in inline:  # the modality's own reason (e.g. text_not_utf8)
-                bounds = config.media_bounds(spec)
-                _decode(
-                    modalities.get(field_name), obj[field_name], bounds, f"field {field_name!r}"
+                _read(
+                    modalities.get(field_name),
+                    obj[field_name],
+                    config.media_bounds(spec),
+                    config.media_config(spec),
+                    f"field {field_name!r}",
                 )
             raise Reject(RejectReason.MANIFEST_NOT_JSON, f"field {field_name!r} is not valid UTF-8")
         present = [m for m in modalities.ordered(spec.modalities) if obj.get(m) is not None]
         if not present:
             names = ", ".join(modalities.ordered(spec.modalities))
             raise Reject(RejectReason.NO_MODALITY, f"none of the modalities ({names}) is present")
-        bounds = config.media_bounds(spec)
+        bounds, media = config.media_bounds(spec), config.media_config(spec)
         for m in present:  # inline values (text) are checked before any media is fetched
             if modalities.get(m).inline:
-                _decode(modalities.get(m), obj[m], bounds, f"field {m!r}")
+                _read(modalities.get(m), obj[m], bounds, media, f"field {m!r}")
         _check_labels(obj, spec, config)
     except Reject as r:
         return Rejection(r.reason, f"{where}: {r}", record_id, line_no, shown)
@@ -176,9 +179,9 @@ def _check_labels(obj: dict[str, Any], spec: DatasetSpec, config: IngestConfig) 
             )
 
 
-def _decode(spec: ModalitySpec, value: Any, bounds: Any, where: str) -> Any:
+def _read(spec: ModalitySpec, value: Any, bounds: Any, media: Any, where: str) -> Reading:
     try:
-        return spec.decode(value, bounds.section(spec.name))
+        return spec.read(value, bounds.section(spec.name), media)
     except MediaError as exc:
         raise Reject(RejectReason(exc.reason), f"{where}: {exc}") from None
 
@@ -207,6 +210,7 @@ def check_media(
     media = config.media_config(spec)
     where = f"record {record.id!r} (line {record.line_no})"
     try:
+        readings = {}
         for m in record.present:
             modality = modalities.get(m)
             value = obj[m]
@@ -215,9 +219,11 @@ def check_media(
                 field_name = f"field {m!r} ({obj[m]})"
             else:
                 field_name = f"field {m!r}"
-            decoded = _decode(modality, value, bounds, field_name)
-            row.update(modality.to_record(modality.preprocess(decoded, media)))
-            row.update(modality.stats(decoded))
+            readings[m] = _read(modality, value, bounds, media, field_name)
+        item = modalities.item_reading(readings, spec.modalities)
+        for m, model_input in item.inputs.items():
+            row.update(modalities.get(m).to_record(model_input))
+            row.update(item.stats[m])
     except Reject as r:
         return Rejection(r.reason, f"{where}: {r}", record.id, record.line_no, record.raw_line)
     return row

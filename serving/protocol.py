@@ -160,11 +160,19 @@ def _media_bytes(value: Any, name: str, max_bytes: int) -> bytes:
 
 
 def parse_inputs(
-    body: dict[str, Any], media: MediaConfig, bounds: MediaBounds, prefix: str = ""
+    body: dict[str, Any],
+    media: MediaConfig,
+    bounds: MediaBounds,
+    prefix: str = "",
+    carried: bool = False,
 ) -> Inputs:
     """Decode, bound-check and preprocess whichever modalities the body holds, with the
-    registry's code and the model's bounds (those its training snapshot passed)."""
+    registry's code and the model's bounds (those its training snapshot passed).
+
+    `carried`: also the modalities a value carries (a clip's audio track as the audio, when
+    the body has none): an item to predict on, not a value to embed or a search query."""
     inputs = Inputs()
+    readings = {}
     for spec in modalities.specs():
         value = body.get(spec.name)
         if value is None:
@@ -178,11 +186,14 @@ def parse_inputs(
         else:
             raw = _media_bytes(value, name, spec.max_bytes(section))
         try:
-            decoded = spec.decode(raw, section)
+            readings[spec.name] = spec.read(raw, section, media)
         except MediaError as exc:
             raise BadRequest(400, exc.reason, f"field {name!r}: {exc}", name) from None
-        inputs.items[spec.name] = spec.preprocess(decoded, media)
-        inputs.stats.update(spec.stats(decoded))
+    wanted = modalities.names() if carried else list(readings)
+    item = modalities.item_reading(readings, wanted)
+    inputs.items.update(item.inputs)
+    for stats in item.stats.values():
+        inputs.stats.update(stats)
     return inputs
 
 
@@ -289,7 +300,7 @@ def parse_request(
         return Request(task, inputs, str(target), k, weights, flt, float(rerank))
     if task == "insights":
         _allowed(body, modality_fields)
-        inputs = parse_inputs(body, media, bounds)
+        inputs = parse_inputs(body, media, bounds, carried=True)
         if not inputs.modalities:
             raise BadRequest(
                 400,

@@ -51,14 +51,17 @@ def _record_row(
         created_at=record.get("created_at"),
     )
     bounds = spec.media_bounds()
+    readings = {}
     for m in modalities.specs(spec.modalities):
         value = record.get(m.name)
         if not value:
             continue
         raw = value if m.inline else (batch_dir / value).read_bytes()
-        decoded = m.decode(raw, bounds.section(m.name))
-        row.update(m.to_record(m.preprocess(decoded, media)))
-        row.update(m.stats(decoded))
+        readings[m.name] = m.read(raw, bounds.section(m.name), media)
+    item = modalities.item_reading(readings, spec.modalities)
+    for name, model_input in item.inputs.items():
+        row.update(modalities.get(name).to_record(model_input))
+        row.update(item.stats[name])
     labels = record.get("labels") or {}
     for name in spec.labels:
         value = labels.get(name)

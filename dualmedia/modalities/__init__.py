@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from dualmedia.modalities.base import EncoderConfig, MediaError, ModalitySpec, Section
+from dualmedia.modalities.base import EncoderConfig, MediaError, ModalitySpec, Reading, Section
 
 __all__ = [
     "REGISTRY",
@@ -30,9 +30,11 @@ __all__ = [
     "MediaConfig",
     "MediaError",
     "ModalitySpec",
+    "Reading",
     "Section",
     "UnknownModality",
     "get",
+    "item_reading",
     "names",
     "ordered",
     "specs",
@@ -82,6 +84,21 @@ def ordered(modalities: Iterable[Any]) -> list[str]:
 
 def specs(modalities: Iterable[Any] | None = None) -> list[ModalitySpec]:
     return [REGISTRY[m] for m in (ordered(modalities) if modalities is not None else REGISTRY)]
+
+
+def item_reading(readings: Mapping[str, Reading], wanted: Iterable[Any]) -> Reading:
+    """One item's model inputs and statistics from the readings of its values (keyed by the
+    value's modality), for the modalities in `wanted`: each from the item's own value, else
+    from another value that carries it (a video's audio track when there is no audio)."""
+    keep = set(ordered(wanted))
+    merged = Reading()
+    for own in (True, False):
+        for source, reading in readings.items():
+            for m, item in reading.inputs.items():
+                if m in keep and m not in merged.inputs and (m == source) == own:
+                    merged.inputs[m] = item
+                    merged.stats[m] = reading.stats.get(m, {})
+    return merged
 
 
 class _Sections(BaseModel):

@@ -19,6 +19,7 @@ item, None where the item lacks the modality.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +32,16 @@ class MediaError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+@dataclass
+class Reading:
+    """What one media value gives, keyed by modality: model inputs and raw-field statistics.
+    Usually only the value's own modality; a value may carry another one too (a video's
+    audio track is audio), which the item uses when it has none of its own."""
+
+    inputs: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Section(BaseModel):
@@ -126,6 +137,15 @@ class ModalitySpec(ABC):
         return self.Encoder()
 
     # ---- decoding and bounds --------------------------------------------------------------
+    def read(self, value: Any, bounds: Any, media: Any) -> Reading:
+        """The one entry that ingestion, serving and the pyfunc model call: decode a value
+        within `bounds` and preprocess it with `media` (MediaError(reason) when refused)."""
+        decoded = self.decode(value, bounds)
+        return Reading(
+            inputs={self.name: self.preprocess(decoded, media)},
+            stats={self.name: self.stats(decoded)},
+        )
+
     @abstractmethod
     def decode(self, value: Any, bounds: Any) -> Any:
         """Decode a manifest/request value (bytes of a file, or the inline value) into the

@@ -176,7 +176,7 @@ class ImageSpec(ModalitySpec):
     def build_trunk(self, config: ImageEncoder, media: Any) -> Any:
         from dualmedia.modalities.trunks.image import ImageTrunk
 
-        return ImageTrunk(config, media)
+        return ImageTrunk(config, media.image.size)
 
     def random_input(self, media: Any, rng: np.random.Generator) -> np.ndarray:
         size = media.image.size

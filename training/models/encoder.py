@@ -41,6 +41,8 @@ class MultimodalEncoder(nn.Module):
                 for m in self.modalities
             }
         )
+        for m in self.modalities:
+            self.trunk(m).attach({n: self.trunk(n) for n in self.modalities})
         self.projections = nn.ModuleDict(
             {
                 m: _projection(config.projection, self.trunk(m).hidden_size, config.embed_dim)

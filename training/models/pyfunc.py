@@ -108,18 +108,20 @@ def frame_items(frame: pd.DataFrame, model: FusedModel) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for i, (_, row) in enumerate(frame.iterrows()):
         item: dict[str, Any] = {}
+        readings = {}
         for m in model.modalities:
             spec = modalities.get(m)
             where = f"row {i}: {m}"
             try:
                 if (value := _cell(row, m)) is not None:
                     raw = value if spec.inline else _b64(value, where)
-                    decoded = spec.decode(raw, model.bounds.section(m))
-                    item[m] = spec.preprocess(decoded, model.media)
+                    readings[m] = spec.read(raw, model.bounds.section(m), model.media)
                 elif (value := _cell(row, f"{m}{INPUT_SUFFIX}")) is not None:
                     item[m] = decode_input(value, f"row {i}: {m}{INPUT_SUFFIX}")
             except MediaError as exc:
                 raise ValueError(f"{where}: {exc}") from None
+        for m, model_input in modalities.item_reading(readings, model.modalities).inputs.items():
+            item.setdefault(m, model_input)
         if not item:
             raise ValueError(
                 f"row {i}: no modality the model knows ({', '.join(model.modalities)})"

@@ -9,6 +9,7 @@ is ever downloaded: every load is `local_files_only=True`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -93,6 +94,10 @@ class Trunk(nn.Module):
     def prepare(self, items: list) -> None:
         """Fit whatever the trunk derives from training data (e.g. input normalisation)
         from the training split's model inputs (absent items left out). Default: nothing."""
+
+    def attach(self, trunks: Mapping[str, Trunk]) -> None:
+        """Called once every trunk of the model is built (`trunks` by modality), for a trunk
+        that reuses another's modules (video frames through the image trunk). Default: nothing."""
 
     def frozen(self) -> bool:
         return all(not p.requires_grad for p in self.parameters())

@@ -11,22 +11,24 @@ import torch
 import torch.nn.functional as F
 from transformers import ViTConfig, ViTModel
 
-from dualmedia.modalities.image import ImageEncoder
+from dualmedia.modalities.base import EncoderConfig
 from dualmedia.modalities.trunks.base import Trunk, load_pretrained, resolve_pretrained
 
 
 class ImageTrunk(Trunk):
     """A ViT (from scratch or pretrained) over uint8 RGB images, mean-pooled tokens."""
 
-    def __init__(self, config: ImageEncoder, media: Any) -> None:
+    def __init__(self, config: EncoderConfig, image_size: int) -> None:
+        """`config`: the image encoder's fields (`patch_size` among them); `image_size`: the
+        side of the square uint8 inputs."""
         super().__init__()
         self.pretrained = config.pretrained
         mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
         if config.pretrained is None:
             self.model = ViTModel(
                 ViTConfig(
-                    image_size=media.image.size,
-                    patch_size=config.patch_size,
+                    image_size=image_size,
+                    patch_size=config.patch_size,  # type: ignore[attr-defined]
                     num_channels=3,
                     **config.transformer_sizes(),
                 ),
@@ -37,7 +39,7 @@ class ImageTrunk(Trunk):
             mean, std = _image_normalisation(config.pretrained, mean, std)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.input_size = int(getattr(self.model.config, "image_size", media.image.size))
+        self.input_size = int(getattr(self.model.config, "image_size", image_size))
         self.hidden_size = int(self.model.config.hidden_size)
         self._set_trainable(config.trainable_layers)
 
