@@ -1,4 +1,5 @@
-"""Synthetic labelled customer feedback (text + product photo + voice note) in the contract format.
+"""Synthetic labelled customer feedback (text + product photo + voice note, optionally a video
+clip) in the contract format.
 
 See docs/generator.md for the generative story, the knobs and the corrupt-record bounds.
 """

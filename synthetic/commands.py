@@ -32,14 +32,41 @@ def generate(
     text_shift: Annotated[float, typer.Option(min=0, max=1, help="Drift: new vocabulary.")] = 0.0,
     audio_noise: Annotated[float, typer.Option(min=0, max=1, help="Drift: noisier audio.")] = 0.0,
     class_shift: Annotated[float, typer.Option(min=0, max=1, help="Drift: label priors.")] = 0.0,
+    video_rate: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Share of items with a 2-4 s clip (96x96, 8 fps MP4) of the product turning; "
+            "> 0 declares video too. Damage shows only in some frames; half the clips carry "
+            "the voice note as their audio track.",
+        ),
+    ] = 0.0,
+    modalities: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated modalities to declare instead of text,image,audio(,video), "
+            "e.g. text,video (video needs --video-rate > 0).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write a labelled synthetic customer-feedback dataset (text, photo, voice note).
+    """Write a labelled synthetic customer-feedback dataset (text, photo, voice note, and
+    with --video-rate a short clip).
 
     Labels: sentiment, product category, damaged, and mismatch (words and voice tone
     disagree). See docs/generator.md for how each label shows in each modality.
     """
     from synthetic import GeneratorKnobs, generate_dataset
+    from synthetic.story import declared_modalities
+
+    declared = None
+    if modalities is not None:
+        declared = [m.strip() for m in modalities.split(",") if m.strip()]
+    try:  # a bad combination is a usage error, named before anything is written
+        declared_modalities(declared, video_rate)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--modalities / --video-rate") from None
 
     knobs = GeneratorKnobs(
         missing_modality_rate=missing_modality_rate,
@@ -61,6 +88,8 @@ def generate(
                 knobs=knobs,
                 start_index=start_index,
                 progress=advance,
+                video_rate=video_rate,
+                modalities=declared,
             )
         return summary.to_dict()
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +19,13 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
+from dualmedia import modalities
 from dualmedia.contract import RejectReason
 from dualmedia.modalities import MediaBounds
 from dualmedia.modalities.image import PIL_FORMATS
 from synthetic.images import encode_image
+from synthetic.story import DEFAULT_MODALITIES, MODALITY_NAMES, VIDEO_FPS
+from synthetic.videos import encode_clip
 from synthetic.voices import wav_bytes
 
 # --- The bounds a record must respect: the registry's defaults (what ingestion uses). ---
@@ -35,11 +39,35 @@ MAX_AUDIO_SECONDS = _BOUNDS.audio.max_duration_s  # longer is AUDIO_TOO_LONG
 SILENT_PEAK = _BOUNDS.audio.silent_peak  # peak |sample| below this (-60 dBFS): silent
 CLIP_LEVEL = _BOUNDS.audio.clip_level  # |sample| at or above this counts as clipped
 MAX_CLIPPED_FRACTION = _BOUNDS.audio.max_clipped_fraction  # more clipped: AUDIO_CLIPPED
+MAX_VIDEO_SECONDS = _BOUNDS.video.max_duration_s  # longer (from the header) is VIDEO_TOO_LONG
+MIN_VIDEO_SIDE = _BOUNDS.video.min_side  # pixels; a smaller frame side is out of bounds
+MAX_VIDEO_SIDE = _BOUNDS.video.max_side  # pixels; a larger frame side is out of bounds
 MAX_LINE_BYTES = 1024 * 1024  # a longer manifest line is MANIFEST_LINE_TOO_LONG
 
+# Media fields of a record, in canonical order (text is inline, the rest name files).
+MEDIA_FIELDS = ("image", "audio", "video")
+# Generic kinds that need a media field beside the text (an empty text keeps one, so that the
+# record is not also "no modality"; a foreign bucket is named in one).
+_NEEDS_MEDIA = frozenset({RejectReason.TEXT_EMPTY, RejectReason.MEDIA_BUCKET_NOT_ALLOWED})
+
+
+def reject_cycle(declared: Sequence[str] = DEFAULT_MODALITIES) -> tuple[RejectReason, ...]:
+    """The kinds of bad record a dataset declaring `declared` gets, in `RejectReason` order:
+    the generic ones and those of the declared modalities (no image defect without images)."""
+    names = {str(getattr(m, "value", m)) for m in declared}
+    own = {r for m in MODALITY_NAMES for r in modalities.get(m).reasons}
+    wanted = {r for m in names for r in modalities.get(m).reasons}
+    has_media = bool(names & set(MEDIA_FIELDS))
+    return tuple(
+        r
+        for r in RejectReason
+        if (r.value not in own or r.value in wanted) and (has_media or r not in _NEEDS_MEDIA)
+    )
+
+
 # Corrupt records cycle through this order, so any REJECT_CYCLE-long run of corrupt records in a
-# batch holds every kind.
-REJECT_CYCLE: tuple[RejectReason, ...] = tuple(RejectReason)
+# batch holds every kind; with video declared the cycle is `reject_cycle(...)`, 6 kinds longer.
+REJECT_CYCLE: tuple[RejectReason, ...] = reject_cycle()
 # Kinds whose record has no usable id of its own: expected_rejects keys them "line:N".
 KEYED_BY_LINE = frozenset(
     {
@@ -52,6 +80,7 @@ KEYED_BY_LINE = frozenset(
 
 IMAGE_REASONS = frozenset(r for r in RejectReason if r.value.startswith("image_"))
 AUDIO_REASONS = frozenset(r for r in RejectReason if r.value.startswith("audio_"))
+VIDEO_REASONS = frozenset(r for r in RejectReason if r.value.startswith("video_"))
 
 # Payload sizes, kept small so a corrupt-heavy batch stays light.
 _TOO_SHORT_SECONDS = MIN_AUDIO_SECONDS / 2
@@ -60,6 +89,8 @@ _TOO_LONG_RATE = 8000
 _CLIPPED_SHARE = 0.2  # share of samples pushed to full scale in a clipped note
 _UNDECODABLE_BYTES = (512, 2048)
 _LEGACY_ENCODED_PREFIX = "Très déçu, "  # sent as Latin-1 bytes: not valid UTF-8
+_TOO_LONG_VIDEO_FPS = 1  # a slide show of the clip's frames: long, yet only ~60 frames
+_ISO_BOX_PREFIX = 4  # where an MP4's first box type starts; a zero byte there names no box
 
 
 @dataclass
@@ -72,6 +103,9 @@ class ItemMedia:
     audio_seconds: float
     photo: Callable[[], Image.Image]
     voice: Callable[[int, float], np.ndarray]  # (sample rate, seconds) -> samples
+    # Only where the dataset declares video: the clip's frames, and its MP4 file.
+    clip_frames: Callable[[], np.ndarray] | None = None
+    clip: Callable[[], bytes] | None = None
 
     @property
     def image_path(self) -> str:
@@ -80,6 +114,20 @@ class ItemMedia:
     @property
     def audio_path(self) -> str:
         return f"audio/{self.item_id}.wav"
+
+    @property
+    def video_path(self) -> str:
+        return f"videos/{self.item_id}.mp4"
+
+    def video_file(self) -> bytes:
+        if self.clip is None:
+            raise ValueError(f"item {self.item_id} has no clip (the dataset declares no video)")
+        return self.clip()
+
+    def frames(self) -> np.ndarray:
+        if self.clip_frames is None:
+            raise ValueError(f"item {self.item_id} has no clip (the dataset declares no video)")
+        return self.clip_frames()
 
     def image_file(self) -> bytes:
         return encode_image(self.photo(), self.image_format)
@@ -102,7 +150,7 @@ def manifest_line(record: dict[str, Any]) -> bytes:
 
 
 def _with_media(
-    record: dict[str, Any], media: ItemMedia, *, image: bool, audio: bool
+    record: dict[str, Any], media: ItemMedia, *, image: bool, audio: bool, video: bool = False
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Point `record` at valid media for the requested modalities and return their files."""
     files: dict[str, bytes] = {}
@@ -113,6 +161,9 @@ def _with_media(
     if audio:
         record["audio"] = media.audio_path
         files[media.audio_path] = media.audio_file()
+    if video:
+        record["video"] = media.video_path
+        files[media.video_path] = media.video_file()
     return record, files
 
 
@@ -150,9 +201,13 @@ def make_bad_record(
     """
     # The defective modality's normal file is never written: its path must hold the bad file or,
     # for "missing", nothing at all.
-    has_image = record["image"] is not None and reason not in IMAGE_REASONS
-    has_audio = record["audio"] is not None and reason not in AUDIO_REASONS
-    base, files = _with_media(record, media, image=has_image, audio=has_audio)
+    has_image = record.get("image") is not None and reason not in IMAGE_REASONS
+    has_audio = record.get("audio") is not None and reason not in AUDIO_REASONS
+    has_video = record.get("video") is not None and reason not in VIDEO_REASONS
+    base, files = _with_media(record, media, image=has_image, audio=has_audio, video=has_video)
+    # The record's first media field (image in the default datasets): what an empty text keeps
+    # and where a foreign bucket is named.
+    first_media = next((m for m in MEDIA_FIELDS if m in record), None)
     match reason:
         case RejectReason.MANIFEST_NOT_JSON:
             line = manifest_line(record)
@@ -164,11 +219,18 @@ def make_bad_record(
                 raise ValueError("a duplicate id needs an earlier id to duplicate")
             return BadRecord(manifest_line({**base, "id": duplicate_of}), files)
         case RejectReason.NO_MODALITY:
-            return BadRecord(manifest_line({**record, "text": None, "image": None, "audio": None}))
+            nothing = {m: None for m in ("text", *MEDIA_FIELDS) if m in record}
+            return BadRecord(manifest_line({**record, **nothing}))
         case RejectReason.TEXT_EMPTY:
-            # An empty string is present-but-empty (null would be a missing modality); keep an
-            # image so the record is not also "no modality".
-            base, files = _with_media(record, media, image=True, audio=has_audio)
+            # An empty string is present-but-empty (null would be a missing modality); keep a
+            # medium (the image, where declared) so the record is not also "no modality".
+            base, files = _with_media(
+                record,
+                media,
+                image=has_image or first_media == "image",
+                audio=has_audio or first_media == "audio",
+                video=has_video or first_media == "video",
+            )
             return BadRecord(manifest_line({**base, "text": ""}), files)
         case RejectReason.TEXT_NOT_UTF8:
             placeholder = "\u2063NOT-UTF8\u2063"
@@ -226,8 +288,13 @@ def make_bad_record(
                 manifest_line({**base, "audio": path}), {**files, path: buffer.getvalue()}
             )
         case RejectReason.MEDIA_BUCKET_NOT_ALLOWED:  # media named in another bucket
-            uri = f"s3://not-this-dataset/{media.image_path}"
-            return BadRecord(manifest_line({**base, "image": uri}), files)
+            if first_media is None:
+                raise ValueError("a foreign bucket needs a media field to be named in")
+            path = {"image": media.image_path, "audio": media.audio_path}.get(
+                first_media, media.video_path
+            )
+            foreign = {first_media: f"s3://not-this-dataset/{path}"}
+            return BadRecord(manifest_line({**base, **foreign}), files)
         case RejectReason.MANIFEST_LINE_TOO_LONG:
             note = "x" * (MAX_LINE_BYTES + 1)
             return BadRecord(manifest_line({**base, "note": note}), files)
@@ -270,6 +337,52 @@ def make_bad_record(
             return BadRecord(
                 manifest_line({**base, "audio": media.audio_path}),
                 {**files, media.audio_path: wav_bytes(long_voice, _TOO_LONG_RATE)},
+            )
+        case RejectReason.VIDEO_MISSING:
+            return BadRecord(manifest_line({**base, "video": media.video_path}), files)
+        case RejectReason.VIDEO_UNDECODABLE:
+            junk = bytearray(_random_bytes(rng))
+            junk[_ISO_BOX_PREFIX] = 0  # so it never reads as an MP4 box by chance
+            return BadRecord(
+                manifest_line({**base, "video": media.video_path}),
+                {**files, media.video_path: bytes(junk)},
+            )
+        case RejectReason.VIDEO_TRUNCATED:
+            # The index (moov) comes first, so the cut keeps it and loses frame data: the
+            # media box claims more bytes than the file holds.
+            clip = media.video_file()
+            return BadRecord(
+                manifest_line({**base, "video": media.video_path}),
+                {**files, media.video_path: clip[: len(clip) // 2]},
+            )
+        case RejectReason.VIDEO_NO_FRAMES:
+            # A valid MP4 holding only the voice note: sound, but no video stream.
+            voice = media.voice(media.audio_rate, media.audio_seconds)
+            sound_only = encode_clip([], VIDEO_FPS, audio=voice, sample_rate=media.audio_rate)
+            return BadRecord(
+                manifest_line({**base, "video": media.video_path}),
+                {**files, media.video_path: sound_only},
+            )
+        case RejectReason.VIDEO_TOO_LONG:
+            # The clip's frames as a 1 fps slide show, looped past the longest allowed clip.
+            frames = media.frames()
+            count = math.ceil(MAX_VIDEO_SECONDS * _TOO_LONG_VIDEO_FPS) + 4
+            looped = [frames[k % len(frames)] for k in range(count)]
+            return BadRecord(
+                manifest_line({**base, "video": media.video_path}),
+                {**files, media.video_path: encode_clip(looped, _TOO_LONG_VIDEO_FPS)},
+            )
+        case RejectReason.VIDEO_SIZE_OUT_OF_BOUNDS:
+            # A thumbnail clip: frames of half the smallest allowed side (even, as yuv420p
+            # needs).
+            side = max(2, MIN_VIDEO_SIDE // 4 * 2)
+            tiny = [
+                np.asarray(Image.fromarray(f).resize((side, side), Image.Resampling.BILINEAR))
+                for f in media.frames()
+            ]
+            return BadRecord(
+                manifest_line({**base, "video": media.video_path}),
+                {**files, media.video_path: encode_clip(tiny, VIDEO_FPS)},
             )
         case RejectReason.LABEL_MISSING:
             if rng.random() < 0.5:

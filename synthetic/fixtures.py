@@ -142,11 +142,14 @@ def synthetic_snapshot(
     n: int,
     seed: int = 0,
     knobs: GeneratorKnobs | None = None,
+    **generate_options: Any,
 ) -> str:
-    """Generate a synthetic dataset of `n` items under `workdir` and publish it."""
-    folder = Path(workdir) / f"synthetic-{n}-{seed}"
+    """Generate a synthetic dataset of `n` items under `workdir` and publish it;
+    `generate_options` go to `generate_dataset` (e.g. video_rate, modalities)."""
+    suffix = "".join(f"-{k}={v}" for k, v in sorted(generate_options.items()))
+    folder = Path(workdir) / f"synthetic-{n}-{seed}{suffix}".replace(" ", "")
     if not (folder / DATASET_FILE).is_file():
-        generate_dataset(folder, n, seed=seed, knobs=knobs or GeneratorKnobs())
+        generate_dataset(folder, n, seed=seed, knobs=knobs or GeneratorKnobs(), **generate_options)
     return publish_snapshot(store, lake_bucket, folder)
 
 

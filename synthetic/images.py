@@ -50,24 +50,23 @@ def _rgb(colour: np.ndarray, factor: float = 1.0, alpha: int = 255) -> tuple[int
     return (r, g, b, alpha)
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def draw_background(rng: np.random.Generator, size: int = _CANVAS) -> np.ndarray:
+    """A size x size float RGB gradient background with a random texture (photos and clips)."""
     top, bottom = _colour(rng, BACKGROUND_PALETTE), _colour(rng, BACKGROUND_PALETTE)
     angle = rng.uniform(0.0, 2.0 * np.pi)
-    y, x = np.mgrid[0:_CANVAS, 0:_CANVAS] / _CANVAS - 0.5
+    y, x = np.mgrid[0:size, 0:size] / size - 0.5
     along = np.clip(0.5 + x * np.cos(angle) + y * np.sin(angle), 0.0, 1.0)[..., None]
     pixels = top * (1.0 - along) + bottom * along
     texture = int(rng.integers(4))
     if texture == 1:  # wood-like stripes
         period = rng.uniform(8.0, 20.0)
-        pixels *= (1.0 + 0.05 * np.sin(2 * np.pi * (y * np.cos(angle) * _CANVAS) / period))[
-            ..., None
-        ]
+        pixels *= (1.0 + 0.05 * np.sin(2 * np.pi * (y * np.cos(angle) * size) / period))[..., None]
     elif texture == 2:  # fabric-like checks
         cell = int(rng.integers(6, 16))
-        checks = (np.arange(_CANVAS)[:, None] // cell + np.arange(_CANVAS)[None] // cell) % 2
+        checks = (np.arange(size)[:, None] // cell + np.arange(size)[None] // cell) % 2
         pixels *= (1.0 + 0.04 * (checks - 0.5))[..., None]
     elif texture == 3:  # grain
-        pixels += rng.normal(0.0, 6.0, (_CANVAS, _CANVAS, 1))
+        pixels += rng.normal(0.0, 6.0, (size, size, 1))
     return pixels
 
 
@@ -168,8 +167,44 @@ def _jagged_path(
     return points
 
 
-def _draw_damage(layer: Image.Image, rng: np.random.Generator, colour: np.ndarray) -> None:
-    """Cracks always; a missing chunk and a dent often. Drawn only where the product is."""
+def product_colour(story: ItemStory, rng: np.random.Generator) -> np.ndarray:
+    """The story's colour, jittered a little per picture (as lighting and cameras do)."""
+    jitter = rng.normal(0.0, 10.0, 3)
+    return np.clip(np.array(COLOURS[story.colour], dtype=float) + jitter, 0, 255)
+
+
+def draw_product(category: str, colour: np.ndarray, scale: float) -> Image.Image:
+    """The product alone on a transparent _CANVAS x _CANVAS RGBA layer, centred."""
+    layer = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
+    PRODUCT_DRAWERS[category](ImageDraw.Draw(layer), colour, scale)
+    return layer
+
+
+def light_map(rng: np.random.Generator, size: int = _CANVAS) -> np.ndarray:
+    """Lighting over a size x size picture: a random level and direction (multiplier)."""
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    y, x = np.mgrid[0:size, 0:size] / size - 0.5
+    return rng.uniform(0.82, 1.12) * (
+        1.0 + rng.uniform(0.05, 0.2) * (x * np.cos(angle) + y * np.sin(angle))
+    )
+
+
+def apply_image_shift(scene: np.ndarray, image_shift: float) -> np.ndarray:
+    """The image_shift drift on float RGB pixels: a warm colour cast and dimming."""
+    return (
+        scene
+        * (1.0 + image_shift * (SHIFT_CHANNEL_GAIN - 1.0))
+        * (1.0 - SHIFT_DIMMING * image_shift)
+    )
+
+
+def draw_damage(
+    layer: Image.Image, rng: np.random.Generator, colour: np.ndarray, stroke: int = 1
+) -> None:
+    """Cracks always; a missing chunk and a dent often. Drawn only where the product is.
+
+    `stroke` multiplies the line widths (the same draws): clips use 2, as their frames are
+    scaled down further and squeezed as the product turns."""
     alpha = np.asarray(layer.getchannel("A"))
     ys, xs = np.nonzero(alpha > 200)
     draw = ImageDraw.Draw(layer)
@@ -180,9 +215,9 @@ def _draw_damage(layer: Image.Image, rng: np.random.Generator, colour: np.ndarra
         path = _jagged_path(
             rng, (float(xs[k]), float(ys[k])), int(rng.integers(5, 9)), rng.uniform(5.0, 9.0)
         )
-        draw.line(path, fill=crack, width=int(rng.integers(3, 5)))
+        draw.line(path, fill=crack, width=int(rng.integers(3, 5)) * stroke)
         branch_at = path[int(rng.integers(1, len(path)))]
-        draw.line(_jagged_path(rng, branch_at, 3, 5.0), fill=crack, width=2)
+        draw.line(_jagged_path(rng, branch_at, 3, 5.0), fill=crack, width=2 * stroke)
     if rng.random() < 0.5:
         # Missing chunk: a jagged bite out of the product edge, with a dark broken rim.
         k = int(np.argmax(xs + rng.uniform(-40, 40, xs.size)))
@@ -192,7 +227,7 @@ def _draw_damage(layer: Image.Image, rng: np.random.Generator, colour: np.ndarra
         bite = [
             (cx + r * math.cos(a), cy + r * math.sin(a)) for a, r in zip(angles, radii, strict=True)
         ]
-        draw.polygon(bite, fill=(0, 0, 0, 0), outline=crack, width=3)
+        draw.polygon(bite, fill=(0, 0, 0, 0), outline=crack, width=3 * stroke)
     if rng.random() < 0.3:
         k = int(rng.integers(xs.size))
         r = rng.uniform(6.0, 11.0)
@@ -200,7 +235,7 @@ def _draw_damage(layer: Image.Image, rng: np.random.Generator, colour: np.ndarra
             (xs[k] - r, ys[k] - r * 0.7, xs[k] + r, ys[k] + r * 0.7),
             fill=_rgb(colour, 0.5),
             outline=crack,
-            width=2,
+            width=2 * stroke,
         )
     # The chunk must stay transparent where it was cut: re-apply the product mask.
     cut = np.asarray(layer.getchannel("A"))
@@ -209,15 +244,13 @@ def _draw_damage(layer: Image.Image, rng: np.random.Generator, colour: np.ndarra
 
 def render_photo(story: ItemStory, rng: np.random.Generator, image_shift: float) -> Image.Image:
     """The item's product photo, IMAGE_SIZE x IMAGE_SIZE RGB."""
-    background = _background(rng)
-    # The story's colour, jittered a little per photo (as lighting and cameras do).
-    jitter = rng.normal(0.0, 10.0, 3)
-    colour = np.clip(np.array(COLOURS[story.colour], dtype=float) + jitter, 0, 255)
-    scale = rng.uniform(0.75, 1.1)
-    layer = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
-    PRODUCT_DRAWERS[story.category](ImageDraw.Draw(layer), colour, scale)
-    if story.damaged:
-        _draw_damage(layer, rng, colour)
+    background = draw_background(rng)
+    colour = product_colour(story, rng)
+    layer = draw_product(story.category, colour, rng.uniform(0.75, 1.1))
+    # Without a clip this is the damage; some damaged items with a clip show the intact side
+    # in the photo and the damage only in the clip (story.ClipStory.photo_shows_damage).
+    if story.photo_shows_damage:
+        draw_damage(layer, rng, colour)
     layer = layer.rotate(rng.uniform(-18.0, 18.0), resample=Image.Resampling.BICUBIC)
     offset = (int(rng.integers(-12, 13)), int(rng.integers(-12, 13)))
 
@@ -231,17 +264,7 @@ def render_photo(story: ItemStory, rng: np.random.Generator, image_shift: float)
     scene = scene * (1.0 - cover) + product[..., :3] * cover
 
     # Lighting: a level and a direction, then the drift's colour cast and dimming.
-    angle = rng.uniform(0.0, 2.0 * np.pi)
-    y, x = np.mgrid[0:_CANVAS, 0:_CANVAS] / _CANVAS - 0.5
-    light = rng.uniform(0.82, 1.12) * (
-        1.0 + rng.uniform(0.05, 0.2) * (x * np.cos(angle) + y * np.sin(angle))
-    )
-    scene = scene * light[..., None]
-    scene = (
-        scene
-        * (1.0 + image_shift * (SHIFT_CHANNEL_GAIN - 1.0))
-        * (1.0 - SHIFT_DIMMING * image_shift)
-    )
+    scene = apply_image_shift(scene * light_map(rng)[..., None], image_shift)
     full = Image.fromarray(np.clip(np.round(scene), 0, 255).astype(np.uint8), "RGB")
     return full.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
 

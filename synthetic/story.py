@@ -8,6 +8,7 @@ probability moves only the items near the threshold and never re-shuffles the re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -69,6 +70,20 @@ AUDIO_SECONDS_RANGE = (1.0, 3.5)
 LOW_VOICE_PITCH_HZ = 110.0
 HIGH_VOICE_PITCH_HZ = 205.0
 
+# The modalities a dataset declares unless told otherwise; video joins them when clips are made.
+DEFAULT_MODALITIES = ("text", "image", "audio")
+MODALITY_NAMES = (*DEFAULT_MODALITIES, "video")  # canonical order
+# Clips (story.ClipStory, rendered by videos.py): a few seconds of the product turning.
+VIDEO_FPS = 8
+CLIP_SECONDS_RANGE = (2.0, 4.0)
+# Share of clips whose audio track is the item's voice note (the rest are silent films).
+VOICE_TRACK_RATE = 0.5
+# Share of a clip's frames in which the product's back (where damage sits) faces the camera.
+BACK_SHARE_RANGE = (1 / 3, 1 / 2)
+# Share of damaged items with a clip whose photo shows the intact front, so that only the clip
+# shows the damage (some labels then need the clip, not only the photo).
+DAMAGE_HIDDEN_IN_PHOTO_RATE = 0.5
+
 LABEL_CLASSES: dict[str, tuple[str, ...] | tuple[bool, ...]] = {
     "sentiment": SENTIMENTS,
     "category": CATEGORIES,
@@ -93,6 +108,8 @@ class Stream(IntEnum):
     AUDIO = 8
     AUDIO_NOISE = 9
     CORRUPT_PAYLOAD = 10
+    VIDEO = 11  # the clip's story: whether there is one, its length, motion, audio track
+    VIDEO_RENDER = 12  # the clip's pictures: scene, product placement, lighting, damage
 
 
 def item_rng(seed: int, index: int, stream: Stream) -> np.random.Generator:
@@ -108,6 +125,26 @@ class Speaker:
     tempo_factor: float
     gain: float
     formant_scale: float
+
+
+@dataclass(frozen=True)
+class ClipStory:
+    """What the item's clip shows: the product turning on a turntable while the camera pans.
+
+    The product's front faces the camera at the start and the end; its back (mirrored, and
+    where a damaged item's damage is) faces it on frames back_frames[0] <= k < back_frames[1].
+    Every clip turns this way, damaged or not, so the motion says nothing about the label.
+    """
+
+    n_frames: int  # at VIDEO_FPS
+    pan: int  # +1: the camera pans to the right over the scene, -1: to the left
+    back_frames: tuple[int, int]  # [start, stop): frames in which the back faces the camera
+    voice_track: bool  # the item's voice note is the clip's audio track
+    damage_in_photo: bool  # for a damaged item: False = the photo shows only the intact front
+
+    @property
+    def seconds(self) -> float:
+        return self.n_frames / VIDEO_FPS
 
 
 @dataclass(frozen=True)
@@ -131,6 +168,19 @@ class ItemStory:
     audio_seconds: float
     present: tuple[Modality, ...]  # modalities kept in the manifest, canonical order
     labels: dict[str, str | bool] = field(default_factory=dict)  # as written, after label noise
+    clip: ClipStory | None = None  # only with video_rate > 0, for about that share of items
+
+    @property
+    def photo_shows_damage(self) -> bool:
+        """Whether the product photo shows damage (without a clip: exactly when damaged)."""
+        return self.damaged and (self.clip is None or self.clip.damage_in_photo)
+
+    @property
+    def damage_frames(self) -> range:
+        """The clip frames that show damage: the back-facing ones of a damaged item."""
+        if self.clip is None or not self.damaged:
+            return range(0)
+        return range(*self.clip.back_frames)
 
     @property
     def true_labels(self) -> dict[str, str | bool]:
@@ -168,13 +218,82 @@ def _pick(u: float, shares: Sequence[tuple[T, float]]) -> T:
     return shares[-1][0]
 
 
-def _draw_presence(seed: int, index: int, missing_modality_rate: float) -> tuple[Modality, ...]:
-    u = item_rng(seed, index, Stream.PRESENCE).random(4)
-    kept = [m for m, draw in zip(Modality, u[:3], strict=True) if draw >= missing_modality_rate]
+def declared_modalities(
+    modalities: Sequence[str] | None = None, video_rate: float = 0.0
+) -> tuple[str, ...]:
+    """The modalities a generated dataset declares, in canonical order.
+
+    None: text, image and audio, plus video when video_rate > 0. An explicit list must be a
+    non-empty subset of MODALITY_NAMES; declaring video needs clips (video_rate > 0) and
+    clips need video declared, so a dataset never declares a modality it cannot hold.
+    """
+    if not 0.0 <= video_rate <= 1.0:
+        raise ValueError(f"video_rate must be in [0, 1], got {video_rate!r}")
+    if modalities is None:
+        return (*DEFAULT_MODALITIES, "video") if video_rate > 0 else DEFAULT_MODALITIES
+    names = [str(getattr(m, "value", m)) for m in modalities]
+    unknown = sorted(set(names) - set(MODALITY_NAMES))
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(
+            f"modalities must be distinct names among {', '.join(MODALITY_NAMES)}, got {names}"
+        )
+    if "video" in names and video_rate <= 0:
+        raise ValueError("modalities include video: give video_rate > 0 (1.0: a clip per item)")
+    if "video" not in names and video_rate > 0:
+        raise ValueError(f"video_rate is {video_rate} but modalities {names} leave video out")
+    if names == ["video"] and video_rate < 1:
+        raise ValueError("a video-only dataset needs video_rate=1 (every item needs a clip)")
+    return tuple(m for m in MODALITY_NAMES if m in names)
+
+
+def _draw_presence(
+    seed: int,
+    index: int,
+    missing_modality_rate: float,
+    declared: tuple[str, ...] = DEFAULT_MODALITIES,
+    has_clip: bool = False,
+) -> tuple[Modality, ...]:
+    rng = item_rng(seed, index, Stream.PRESENCE)
+    u = rng.random(4)
+    # Video came later: its draw follows the original four, which stay what they were.
+    draws = {"text": u[0], "image": u[1], "audio": u[2], "video": rng.random()}
+    available = [m for m in declared if m != "video" or has_clip]
+    if not available:
+        raise ValueError(f"item {index} has none of the modalities {declared} (no clip)")
+    kept = [m for m in available if draws[m] >= missing_modality_rate]
     if not kept:
         # The contract needs one modality; keep one at random rather than re-drawing.
-        kept = [list(Modality)[int(u[3] * 3) % 3]]
-    return tuple(kept)
+        kept = [available[int(u[3] * len(available)) % len(available)]]
+    return tuple(Modality(m) for m in kept)
+
+
+def draw_clip(seed: int, index: int, audio_seconds: float, video_rate: float) -> ClipStory | None:
+    """The clip of item `index` (None for the items without one, a 1 - video_rate share).
+
+    A fixed-length vector of the item's own VIDEO stream, so a higher rate only adds clips.
+    `audio_seconds` is the voice note's length: a clip carrying it is long enough for all of it.
+    """
+    u = item_rng(seed, index, Stream.VIDEO).random(8)
+    if u[0] >= video_rate:
+        return None
+    low, high = CLIP_SECONDS_RANGE
+    n_frames = round((low + (high - low) * float(u[1])) * VIDEO_FPS)
+    voice_track = bool(u[3] < VOICE_TRACK_RATE)
+    if voice_track:
+        n_frames = max(n_frames, math.ceil(audio_seconds * VIDEO_FPS))
+    # The back faces the camera on one run of frames, with at most as many frames before and
+    # after it as in it: the product turns at one speed and never shows its back twice.
+    share_low, share_high = BACK_SHARE_RANGE
+    back = math.ceil(n_frames * (share_low + (share_high - share_low) * float(u[4])))
+    first, last = max(0, n_frames - 2 * back), min(back, n_frames - back)
+    start = min(last, first + int(u[5] * (last - first + 1)))
+    return ClipStory(
+        n_frames=n_frames,
+        pan=1 if u[2] < 0.5 else -1,
+        back_frames=(start, start + back),
+        voice_track=voice_track,
+        damage_in_photo=bool(u[6] >= DAMAGE_HIDDEN_IN_PHOTO_RATE),
+    )
 
 
 def _noisy_labels(
@@ -197,8 +316,15 @@ def draw_story(
     class_shift: float = 0.0,
     missing_modality_rate: float = 0.0,
     label_noise: float = 0.0,
+    video_rate: float = 0.0,
+    modalities: Sequence[str] | None = None,
 ) -> ItemStory:
-    """Draw the story of item `index`: a function of (seed, index) and the knobs only."""
+    """Draw the story of item `index`: a function of (seed, index) and the knobs only.
+
+    `modalities` and `video_rate` are as for `declared_modalities`; with the defaults the item
+    has no clip and its presence is drawn over text, image and audio.
+    """
+    declared = declared_modalities(modalities, video_rate)
     u = item_rng(seed, index, Stream.STORY).random(20)
     category = CATEGORIES[int(u[0] * len(CATEGORIES)) % len(CATEGORIES)]
     damaged = bool(u[1] < damage_rate(class_shift))
@@ -235,6 +361,10 @@ def draw_story(
         "damaged": damaged,
         "mismatch": mismatch,
     }
+    audio_seconds = AUDIO_SECONDS_RANGE[0] + (
+        AUDIO_SECONDS_RANGE[1] - AUDIO_SECONDS_RANGE[0]
+    ) * float(u[15])
+    clip = draw_clip(seed, index, audio_seconds, video_rate) if "video" in declared else None
     return ItemStory(
         index=index,
         category=category,
@@ -250,10 +380,10 @@ def draw_story(
         speaker=speaker,
         image_format=_pick(u[13], IMAGE_FORMAT_SHARES),
         audio_rate=_pick(u[14], AUDIO_RATE_SHARES),
-        audio_seconds=AUDIO_SECONDS_RANGE[0]
-        + (AUDIO_SECONDS_RANGE[1] - AUDIO_SECONDS_RANGE[0]) * float(u[15]),
-        present=_draw_presence(seed, index, missing_modality_rate),
+        audio_seconds=audio_seconds,
+        present=_draw_presence(seed, index, missing_modality_rate, declared, clip is not None),
         labels=_noisy_labels(seed, index, true_labels, label_noise),
+        clip=clip,
     )
 
 

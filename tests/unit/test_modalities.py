@@ -24,7 +24,7 @@ MEDIA = MediaConfig()
 
 
 def test_the_registry_knows_each_modality_once_in_canonical_order() -> None:
-    assert modalities.names() == ["text", "image", "audio"]
+    assert modalities.names() == ["text", "image", "audio", "video"]
     assert [m.value for m in Modality] == modalities.names()
     # Every modality's reasons are contract reasons (the generator and ingestion share them).
     reasons = {r.value for r in RejectReason}

@@ -43,6 +43,7 @@ from synthetic.story import (
     AUDIO_SECONDS_RANGE,
     COLOUR_MENTION_RATE,
     COLOURS,
+    DEFAULT_MODALITIES,
     draw_story,
 )
 from synthetic.texts import NEW_VOCABULARY, words
@@ -51,6 +52,8 @@ BATCH = "batch-0001"
 COMPLETE = GeneratorKnobs(missing_modality_rate=0.0)
 # Only one modality survives per item, so these batches render little and generate fast.
 ONE_MODALITY = GeneratorKnobs(missing_modality_rate=1.0)
+# What a dataset generated without video declares (the platform knows video too).
+THREE = [Modality(m) for m in DEFAULT_MODALITIES]
 
 
 def read_manifest(batch_dir: Path) -> list[dict[str, Any]]:
@@ -109,6 +112,37 @@ def _audio_reason(path: Path) -> RejectReason | None:
         return RejectReason.AUDIO_SILENT
     if np.mean(np.abs(samples) >= bounds.CLIP_LEVEL) > bounds.MAX_CLIPPED_FRACTION:
         return RejectReason.AUDIO_CLIPPED
+    return None
+
+
+def _video_reason(path: Path) -> RejectReason | None:
+    """Independent of the platform's decoder: the box sizes, then what PyAV opens and decodes."""
+    import av
+
+    if not path.is_file():
+        return RejectReason.VIDEO_MISSING
+    data = path.read_bytes()
+    if data[4:8] != b"ftyp":
+        return RejectReason.VIDEO_UNDECODABLE
+    pos = 0
+    while pos + 8 <= len(data):  # top-level boxes must end within the file
+        pos += int.from_bytes(data[pos : pos + 4], "big")
+    if pos > len(data):
+        return RejectReason.VIDEO_TRUNCATED
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return RejectReason.VIDEO_NO_FRAMES
+            stream = container.streams.video[0]
+            sides = (stream.codec_context.width, stream.codec_context.height)
+            if min(sides) < bounds.MIN_VIDEO_SIDE or max(sides) > bounds.MAX_VIDEO_SIDE:
+                return RejectReason.VIDEO_SIZE_OUT_OF_BOUNDS
+            if float(stream.duration * stream.time_base) > bounds.MAX_VIDEO_SECONDS:
+                return RejectReason.VIDEO_TOO_LONG
+            if sum(1 for _ in container.decode(stream)) != stream.frames:
+                return RejectReason.VIDEO_TRUNCATED
+    except av.FFmpegError:
+        return RejectReason.VIDEO_UNDECODABLE
     return None
 
 
@@ -174,12 +208,14 @@ def _record_reason(
             return RejectReason.TEXT_EMPTY
         if len(text) > bounds.MAX_TEXT_CHARS:
             return RejectReason.TEXT_TOO_LONG
-    for name in ("image", "audio"):
+    for name in ("image", "audio", "video"):
         if str(record.get(name) or "").startswith("s3://"):  # not the dataset's own bucket
             return RejectReason.MEDIA_BUCKET_NOT_ALLOWED
     if record.get("image") is not None and (reason := _image_reason(batch_dir / record["image"])):
         return reason
     if record.get("audio") is not None and (reason := _audio_reason(batch_dir / record["audio"])):
+        return reason
+    if record.get("video") is not None and (reason := _video_reason(batch_dir / record["video"])):
         return reason
     return _labels_reason(record.get("labels"), spec)
 
@@ -268,7 +304,7 @@ def test_dataset_follows_the_contract(signal_batch: tuple[Path, GenerateSummary]
     batch_dir, summary = signal_batch
     spec = load_dataset_spec(batch_dir.parent)
     assert spec.name == "customer-feedback"
-    assert spec.modalities == list(Modality)
+    assert spec.modalities == THREE
     assert set(spec.labels) == {"sentiment", "category", "damaged", "mismatch"}
     records = read_manifest(batch_dir)
     assert len(records) == summary.n_records == 600
@@ -406,7 +442,7 @@ def test_bad_arguments_are_refused(tmp_path: Path, call: Callable[[Path], object
 def test_missing_modality_rate_is_honoured(tmp_path: Path) -> None:
     rate = 0.3
     stories = [draw_story(0, i, missing_modality_rate=rate) for i in range(3000)]
-    for modality in Modality:
+    for modality in THREE:
         missing = np.mean([modality not in s.present for s in stories])
         # Slightly under `rate`: an item that lost all three gets one back.
         assert rate - 0.04 <= missing <= rate + 0.02, modality
@@ -414,8 +450,8 @@ def test_missing_modality_rate_is_honoured(tmp_path: Path) -> None:
 
     generate_dataset(tmp_path, 60, seed=2, knobs=GeneratorKnobs(missing_modality_rate=rate))
     records = read_manifest(tmp_path / BATCH)
-    assert all(any(r[m.value] is not None for m in Modality) for r in records)
-    missing_share = np.mean([r[m.value] is None for r in records for m in Modality])
+    assert all(any(r[m.value] is not None for m in THREE) for r in records)
+    missing_share = np.mean([r[m.value] is None for r in records for m in THREE])
     assert 0.15 <= missing_share <= 0.45
     named = {r[m] for r in records for m in ("image", "audio") if r[m] is not None}
     written = {str(p.relative_to(tmp_path / BATCH)) for p in (tmp_path / BATCH).rglob("*.*")}
@@ -447,8 +483,10 @@ def test_dropping_modalities_and_noise_keep_the_story(tmp_path: Path) -> None:
 
 def test_every_reject_reason_is_produced(corrupt_batch: tuple[Path, GenerateSummary]) -> None:
     batch_dir, summary = corrupt_batch
-    assert summary.n_corrupt == len(summary.expected_rejects) >= len(RejectReason)
-    assert set(summary.expected_rejects.values()) == {r.value for r in RejectReason}
+    assert summary.n_corrupt == len(summary.expected_rejects) >= len(bounds.REJECT_CYCLE)
+    # Every kind but the video ones: without video declared, no record names a clip.
+    assert set(summary.expected_rejects.values()) == {r.value for r in bounds.REJECT_CYCLE}
+    assert tuple(r for r in RejectReason if not r.startswith("video_")) == bounds.REJECT_CYCLE
     oracle = json.loads((batch_dir / EXPECTED_REJECTS_FILE).read_text(encoding="utf-8"))
     assert oracle == summary.expected_rejects
     assert json.loads(json.dumps(summary.to_dict()))["expected_rejects"] == oracle
