@@ -131,8 +131,9 @@ class Speaker:
 class ClipStory:
     """What the item's clip shows: the product turning on a turntable while the camera pans.
 
-    The product's front faces the camera at the start and the end; its back (mirrored, and
-    where a damaged item's damage is) faces it on frames back_frames[0] <= k < back_frames[1].
+    The product's back (mirrored, and where a damaged item's damage is) faces the camera on
+    frames back_frames[0] <= k < back_frames[1], one run that may open or close the clip but
+    never both; its front faces it on the other frames.
     Every clip turns this way, damaged or not, so the motion says nothing about the label.
     """
 

@@ -2,10 +2,10 @@
 
 The scene is drawn with the photo's pieces (images.py: background, product, damage, lighting,
 drift) and then animated. The product turns about its vertical axis: its drawn width follows
-|cos(angle)| and the face shades a little at grazing angles. Its front (the product as the
-photo draws it) faces the camera at the start and the end of the clip; its back (the mirror
-image, which carries a damaged item's damage) faces it on a run of frames the story chooses
-(`ClipStory.back_frames`), so the damage shows only in those frames. The camera pans left or
+|cos(angle)| and the face shades a little at grazing angles. Its back (the mirror image,
+which carries a damaged item's damage) faces the camera on one run of frames the story
+chooses (`ClipStory.back_frames`), its front (the product as the photo draws it) on all the
+others, so the damage shows only in those frames. The camera pans left or
 right by 6-12 px (half to all of `PAN_MARGIN`) over the clip, at sub-pixel steps.
 
 Encoded as H.264 (yuv420p) in MP4 with the index (moov) at the front, or VP9 in WebM, with the
