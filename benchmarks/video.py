@@ -1,7 +1,7 @@
 """Video beside photos in one run: decoding, ingestion records/s, served `embed` latency.
 
 Clips are rendered here (a square moving over a scrolling gradient with fixed noise, 3 s)
-and written with `dualmedia.modalities.video.encode_clip` (H.264 in MP4, VP9 in WebM), so
+and written with `synthetic.videos.encode_clip` (H.264 in MP4, VP9 in WebM), so
 nothing depends on the synthetic generator. Photos are JPEGs (quality 90) of a frame of the
 same clip, so both sides decode the same pixels at the same size.
 
@@ -118,6 +118,17 @@ def tone(seconds: float, seed: int = 0, rate: int = 16000) -> Any:
     return DecodedAudio(voice.astype(np.float32), rate)
 
 
+def clip(frames: np.ndarray, fps: int, container: str, audio: Any = None) -> bytes:
+    """A clip file (the generator's encoder); `audio`: a DecodedAudio for its track."""
+    from synthetic.videos import encode_clip
+
+    if audio is None:
+        return encode_clip(frames, fps, container=container)
+    return encode_clip(
+        frames, fps, container=container, audio=audio.samples, sample_rate=audio.sample_rate
+    )
+
+
 def jpeg(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -148,13 +159,11 @@ class Media:
 
 
 def make_media(label: str, width: int, height: int, fps: int) -> Media:
-    from dualmedia.modalities.video import encode_clip
-
     frames = render_frames(width, height, fps)
     clips = {
-        "H.264 MP4": encode_clip(frames, fps, "mp4"),
-        "VP9 WebM": encode_clip(frames, fps, "webm"),
-        TRACK: encode_clip(frames, fps, "mp4", audio=tone(SECONDS)),
+        "H.264 MP4": clip(frames, fps, "mp4"),
+        "VP9 WebM": clip(frames, fps, "webm"),
+        TRACK: clip(frames, fps, "mp4", audio=tone(SECONDS)),
     }
     return Media(label, width, height, fps, clips, jpeg(frames[len(frames) // 2]))
 
@@ -209,7 +218,8 @@ def bench_decode(sizes: list[Media], rounds: int, budget_s: float) -> list[dict[
 
     def reader(spec: Any, data: bytes) -> Callable[[], Any]:
         section = bounds.section(spec.name)
-        return lambda: spec.read(data, section, media)
+        # The track is decoded only for an item that lacks audio: say it lacks it.
+        return lambda: spec.read(data, section, media, carry={"audio"})
 
     cells: dict[tuple[str, str], Callable[[], Any]] = {}
     for m in sizes:
@@ -248,10 +258,8 @@ def write_datasets(root: Path, n: int, distinct_clips: int = 8) -> dict[str, Pat
     """Two datasets in the contract with the same n records; "video" adds a clip to each."""
     import yaml
 
-    from dualmedia.modalities.video import encode_clip
-
     clips = [
-        encode_clip(render_frames(96, 96, 8, seed=s), 8, "mp4", audio=tone(SECONDS, seed=s))
+        clip(render_frames(96, 96, 8, seed=s), 8, "mp4", audio=tone(SECONDS, seed=s))
         for s in range(distinct_clips)
     ]
     photos = [render_frames(96, 96, 8, seed=s)[12] for s in range(16)]

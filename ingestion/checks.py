@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,9 +180,16 @@ def _check_labels(obj: dict[str, Any], spec: DatasetSpec, config: IngestConfig) 
             )
 
 
-def _read(spec: ModalitySpec, value: Any, bounds: Any, media: Any, where: str) -> Reading:
+def _read(
+    spec: ModalitySpec,
+    value: Any,
+    bounds: Any,
+    media: Any,
+    where: str,
+    carry: Collection[str] = (),
+) -> Reading:
     try:
-        return spec.read(value, bounds.section(spec.name), media)
+        return spec.read(value, bounds.section(spec.name), media, carry)
     except MediaError as exc:
         raise Reject(RejectReason(exc.reason), f"{where}: {exc}") from None
 
@@ -211,6 +219,7 @@ def check_media(
     where = f"record {record.id!r} (line {record.line_no})"
     try:
         readings = {}
+        lacking = {str(m) for m in spec.modalities} - {str(m) for m in record.present}
         for m in record.present:
             modality = modalities.get(m)
             value = obj[m]
@@ -219,7 +228,7 @@ def check_media(
                 field_name = f"field {m!r} ({obj[m]})"
             else:
                 field_name = f"field {m!r}"
-            readings[m] = _read(modality, value, bounds, media, field_name)
+            readings[m] = _read(modality, value, bounds, media, field_name, lacking)
         item = modalities.item_reading(readings, spec.modalities)
         for m, model_input in item.inputs.items():
             row.update(modalities.get(m).to_record(model_input))

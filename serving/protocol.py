@@ -173,6 +173,7 @@ def parse_inputs(
     the body has none): an item to predict on, not a value to embed or a search query."""
     inputs = Inputs()
     readings = {}
+    lacking = {m for m in modalities.names() if body.get(m) is None} if carried else set()
     for spec in modalities.specs():
         value = body.get(spec.name)
         if value is None:
@@ -186,11 +187,10 @@ def parse_inputs(
         else:
             raw = _media_bytes(value, name, spec.max_bytes(section))
         try:
-            readings[spec.name] = spec.read(raw, section, media)
+            readings[spec.name] = spec.read(raw, section, media, lacking)
         except MediaError as exc:
             raise BadRequest(400, exc.reason, f"field {name!r}: {exc}", name) from None
-    wanted = modalities.names() if carried else list(readings)
-    item = modalities.item_reading(readings, wanted)
+    item = modalities.item_reading(readings, [*readings, *lacking])
     inputs.items.update(item.inputs)
     for stats in item.stats.values():
         inputs.stats.update(stats)

@@ -52,12 +52,13 @@ def _record_row(
     )
     bounds = spec.media_bounds()
     readings = {}
+    lacking = {str(m) for m in spec.modalities if not record.get(str(m))}
     for m in modalities.specs(spec.modalities):
         value = record.get(m.name)
         if not value:
             continue
         raw = value if m.inline else (batch_dir / value).read_bytes()
-        readings[m.name] = m.read(raw, bounds.section(m.name), media)
+        readings[m.name] = m.read(raw, bounds.section(m.name), media, lacking)
     item = modalities.item_reading(readings, spec.modalities)
     for name, model_input in item.inputs.items():
         row.update(modalities.get(name).to_record(model_input))

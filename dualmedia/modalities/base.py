@@ -19,6 +19,7 @@ item, None where the item lacks the modality.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -137,9 +138,12 @@ class ModalitySpec(ABC):
         return self.Encoder()
 
     # ---- decoding and bounds --------------------------------------------------------------
-    def read(self, value: Any, bounds: Any, media: Any) -> Reading:
+    def read(self, value: Any, bounds: Any, media: Any, carry: Collection[str] = ()) -> Reading:
         """The one entry that ingestion, serving and the pyfunc model call: decode a value
-        within `bounds` and preprocess it with `media` (MediaError(reason) when refused)."""
+        within `bounds` and preprocess it with `media` (MediaError(reason) when refused).
+
+        `carry`: modalities the item wants but has no value of; a value that holds one
+        (a clip's audio track) reads it too. Nothing else is decoded."""
         decoded = self.decode(value, bounds)
         return Reading(
             inputs={self.name: self.preprocess(decoded, media)},

@@ -78,7 +78,7 @@ class ImageSpec(ModalitySpec):
                         f"image is {img.format or 'an unknown format'}; accepted: JPEG, PNG, WebP",
                     )
                 width, height = img.size
-                self._check_size(width, height, bounds)
+                check_picture_size("image", width, height, bounds, "image_size_out_of_bounds")
                 img.load()
         except MediaError:
             raise
@@ -95,21 +95,6 @@ class ImageSpec(ModalitySpec):
             raise MediaError("image_undecodable", f"image cannot be decoded ({exc})") from None
         img = ImageOps.exif_transpose(img).convert("RGB")
         return DecodedImage(np.asarray(img, dtype=np.uint8), img.width, img.height)
-
-    @staticmethod
-    def _check_size(width: int, height: int, bounds: ImageBounds) -> None:
-        lo, hi = bounds.min_side, bounds.max_side
-        if not (lo <= width <= hi and lo <= height <= hi):
-            raise MediaError(
-                "image_size_out_of_bounds",
-                f"image is {width}x{height} px; each side must be within {lo}..{hi}",
-            )
-        if width * height > bounds.max_pixels:
-            raise MediaError(
-                "image_size_out_of_bounds",
-                f"image is {width}x{height} = {width * height} px; "
-                f"the bound is {bounds.max_pixels} px",
-            )
 
     def stats(self, decoded: DecodedImage) -> dict[str, float]:
         px = decoded.pixels.astype(np.float32)
@@ -141,28 +126,14 @@ class ImageSpec(ModalitySpec):
         return np.frombuffer(blob, dtype=np.uint8).reshape(size, size, 3)
 
     def collate(self, items: list[np.ndarray | None], media: Any) -> Any:
-        import torch
-
         size = media.image.size
-        out = np.zeros((len(items), size, size, 3), dtype=np.uint8)
-        for i, item in enumerate(items):
-            if item is not None:
-                out[i] = np.asarray(item)
-        return torch.from_numpy(out)
+        return stack_pixels(items, (size, size, 3))
 
     def select(self, batch_input: Any, rows: Any) -> Any:
         return batch_input[rows.to(batch_input.device)]
 
     def augment(self, item: np.ndarray, rng: np.random.Generator, config: Any = None) -> np.ndarray:
-        """A random small translation, and a horizontal flip unless the data forbids it
-        (`flip: false`: scans, digits and text lose their meaning when mirrored)."""
-        max_shift = 4
-        flip = True if config is None else bool(getattr(config, "flip", True))
-        out = np.asarray(item)
-        if flip and rng.random() < 0.5:
-            out = out[:, ::-1]
-        dy, dx = rng.integers(-max_shift, max_shift + 1, 2)
-        return np.ascontiguousarray(np.roll(out, shift=(int(dy), int(dx)), axis=(0, 1)))
+        return shift_and_flip(item, rng, config)
 
     def expectations(self, bounds: ImageBounds) -> list[tuple[str, dict[str, Any]]]:
         return [
@@ -189,6 +160,47 @@ class ImageSpec(ModalitySpec):
 
     def preview(self, item: np.ndarray) -> tuple[str, Any]:
         return ("picture", item)
+
+
+def check_picture_size(what: str, width: int, height: int, bounds: Any, reason: str) -> None:
+    """Each side within `bounds.min_side..max_side` and at most `bounds.max_pixels` pixels
+    (an image, a video's frames), from the header before any pixel is decoded."""
+    lo, hi = bounds.min_side, bounds.max_side
+    if not (lo <= width <= hi and lo <= height <= hi):
+        raise MediaError(
+            reason, f"{what} is {width}x{height} px; each side must be within {lo}..{hi}"
+        )
+    if width * height > bounds.max_pixels:
+        raise MediaError(
+            reason,
+            f"{what} is {width}x{height} = {width * height} px; "
+            f"the bound is {bounds.max_pixels} px",
+        )
+
+
+def stack_pixels(items: list[np.ndarray | None], shape: tuple[int, ...]) -> Any:
+    """One batch of uint8 pixel arrays of `shape` (zeros where an item is absent)."""
+    import torch
+
+    out = np.zeros((len(items), *shape), dtype=np.uint8)
+    for i, item in enumerate(items):
+        if item is not None:
+            out[i] = np.asarray(item)
+    return torch.from_numpy(out)
+
+
+def shift_and_flip(pixels: np.ndarray, rng: np.random.Generator, config: Any = None) -> np.ndarray:
+    """A random small translation of the last three axes (height, width, RGB), and a
+    horizontal flip unless the data forbids it (`flip: false`: scans, digits and text lose
+    their meaning when mirrored). On a clip [T, H, W, 3], the same for every frame (a camera
+    does not jump between frames)."""
+    max_shift = 4
+    flip = True if config is None else bool(getattr(config, "flip", True))
+    out = np.asarray(pixels)
+    if flip and rng.random() < 0.5:
+        out = out[..., ::-1, :]
+    dy, dx = rng.integers(-max_shift, max_shift + 1, 2)
+    return np.ascontiguousarray(np.roll(out, shift=(int(dy), int(dx)), axis=(-3, -2)))
 
 
 SPEC = ImageSpec()

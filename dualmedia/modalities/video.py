@@ -12,13 +12,10 @@ its own and the dataset declares audio (`audio_from_track`).
 
 from __future__ import annotations
 
-import base64
 import io
 import struct
-import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
-from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +24,7 @@ from pydantic import Field
 from dualmedia.modalities.audio import SPEC as AUDIO
 from dualmedia.modalities.audio import DecodedAudio
 from dualmedia.modalities.base import EncoderConfig, MediaError, ModalitySpec, Reading, Section
+from dualmedia.modalities.image import check_picture_size, shift_and_flip, stack_pixels
 
 # Containers by their first bytes: an ISO base media file (MP4, MOV) names its first box
 # at offset 4; Matroska/WebM starts with the EBML magic. Anything else is refused before
@@ -34,6 +32,39 @@ from dualmedia.modalities.base import EncoderConfig, MediaError, ModalitySpec, R
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 _FFMPEG_FORMAT = {"mp4": "mp4", "webm": "matroska"}  # demuxer to force, by sniffed kind
+
+
+# The smoke test's clip: 8 frames of 32 x 32 grey getting brighter, 1 s of H.264 in MP4
+# (made with synthetic.videos.encode_clip; the library does not encode video).
+_EXAMPLE_CLIP = (
+    "AAAAIGZ0eXBpc29tAAACAGlzb21pc28yYXZjMW1wNDEAAAMqbW9vdgAAAGxtdmhkAAAAAAAAAAAAAAAAAAAD6AAA"
+    "A+gAAQAAAQAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAABAAAAAAAAAAAAAAAAAABAAAAAAAAAAAAAAAAAAAAA"
+    "AAAAAAAAAAAAAAAAAAAAAgAAAnl0cmFrAAAAXHRraGQAAAADAAAAAAAAAAAAAAABAAAAAAAAA+gAAAAAAAAAAAAA"
+    "AAAAAAAAAAEAAAAAAAAAAAAAAAAAAAABAAAAAAAAAAAAAAAAAABAAAAAACAAAAAgAAAAAAAkZWR0cwAAABxlbHN0"
+    "AAAAAAAAAAEAAAPoAAAQAAABAAAAAAHxbWRpYQAAACBtZGhkAAAAAAAAAAAAAAAAAABAAAAAQABVxAAAAAAALWhk"
+    "bHIAAAAAAAAAAHZpZGUAAAAAAAAAAAAAAABWaWRlb0hhbmRsZXIAAAABnG1pbmYAAAAUdm1oZAAAAAEAAAAAAAAA"
+    "AAAAACRkaW5mAAAAHGRyZWYAAAAAAAAAAQAAAAx1cmwgAAAAAQAAAVxzdGJsAAAArHN0c2QAAAAAAAAAAQAAAJxh"
+    "dmMxAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAAACAAIABIAAAASAAAAAAAAAABAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    "AAAAAAAAAAAAAAAAGP//AAAAMmF2Y0MBZAAK/+EAFmdkAAqs2UloQAAAAwBAAAAEA8SJZYABAAVo74bywP34+AAA"
+    "AAAUYnRydAAAAAAAABv4AAAAAAAAABhzdHRzAAAAAAAAAAEAAAAIAAAIAAAAABRzdHNzAAAAAAAAAAEAAAABAAAA"
+    "GGN0dHMAAAAAAAAAAQAAAAgAABAAAAAAHHN0c2MAAAAAAAAAAQAAAAEAAAAIAAAAAQAAADRzdHN6AAAAAAAAAAAA"
+    "AAAIAAACvQAAABwAAAAcAAAAHAAAABsAAAAbAAAAHAAAABwAAAAUc3RjbwAAAAAAAAABAAADWgAAAD11ZHRhAAAA"
+    "NW1ldGEAAAAAAAAAIWhkbHIAAAAAAAAAAG1kaXJhcHBsAAAAAAAAAAAAAAAACGlsc3QAAAAIZnJlZQAAA4dtZGF0"
+    "AAACnQYF//+Z3EXpvebZSLeWLNgg2SPu73gyNjQgLSBjb3JlIDE2NSAtIEguMjY0L01QRUctNCBBVkMgY29kZWMg"
+    "LSBDb3B5bGVmdCAyMDAzLTIwMjUgLSBodHRwOi8vd3d3LnZpZGVvbGFuLm9yZy94MjY0Lmh0bWwgLSBvcHRpb25z"
+    "OiBjYWJhYz0xIHJlZj0xIGRlYmxvY2s9MTowOjAgYW5hbHlzZT0weDM6MHgxMTMgbWU9aGV4IHN1Ym1lPTIgcHN5"
+    "PTEgcHN5X3JkPTEuMDA6MC4wMCBtaXhlZF9yZWY9MCBtZV9yYW5nZT0xNiBjaHJvbWFfbWU9MSB0cmVsbGlzPTAg"
+    "OHg4ZGN0PTEgY3FtPTAgZGVhZHpvbmU9MjEsMTEgZmFzdF9wc2tpcD0xIGNocm9tYV9xcF9vZmZzZXQ9MCB0aHJl"
+    "YWRzPTEgbG9va2FoZWFkX3RocmVhZHM9MSBzbGljZWRfdGhyZWFkcz0wIG5yPTAgZGVjaW1hdGU9MSBpbnRlcmxh"
+    "Y2VkPTAgYmx1cmF5X2NvbXBhdD0wIGNvbnN0cmFpbmVkX2ludHJhPTAgYmZyYW1lcz0yIGJfcHlyYW1pZD0yIGJf"
+    "YWRhcHQ9MSBiX2JpYXM9MCBkaXJlY3Q9MSB3ZWlnaHRiPTEgb3Blbl9nb3A9MCB3ZWlnaHRwPTEga2V5aW50PTI1"
+    "MCBrZXlpbnRfbWluPTggc2NlbmVjdXQ9NDAgaW50cmFfcmVmcmVzaD0wIHJjX2xvb2thaGVhZD00IHJjPWNyZiBt"
+    "YnRyZWU9MSBjcmY9MjAuMCBxY29tcD0wLjYwIHFwbWluPTAgcXBtYXg9NjkgcXBzdGVwPTQgaXBfcmF0aW89MS40"
+    "MCBhcT0xOjEuMDAAgAAAABhliIQAO//ifwXe/u+5NU3/+96MdujDnPkAAAAYQZohGId/1c38F25nf/hKh+H/Y/Nl"
+    "Kse4AAAAGEGaQhiHf9XN/BduZ3/4SmCf/Y/NlKse4QAAABhBmmMYh3/VzfwXbmd/+EniD/2PzZSrHuAAAAAXQZqE"
+    "GId/1c38F25nf/hGT/9j82Uqx7kAAAAXQZqlGId/1c38F25nf/hDrP9j82Uqx7kAAAAYQZrGGId/1c38F25nf/hJ"
+    "2dv9j82Uqx7hAAAAGEGa5xiHf9XN/BduZ3/4Sl9z/Y/NlKse4Q=="
+)
 
 
 class VideoBounds(Section):
@@ -158,18 +189,7 @@ class VideoSpec(ModalitySpec):
             raise MediaError("video_no_frames", "the file has no video stream")
         stream = container.streams.video[0]
         width, height = int(stream.codec_context.width), int(stream.codec_context.height)
-        lo, hi = bounds.min_side, bounds.max_side
-        if not (lo <= width <= hi and lo <= height <= hi):
-            raise MediaError(
-                "video_size_out_of_bounds",
-                f"video frames are {width}x{height} px; each side must be within {lo}..{hi}",
-            )
-        if width * height > bounds.max_pixels:
-            raise MediaError(
-                "video_size_out_of_bounds",
-                f"video frames are {width}x{height} = {width * height} px; "
-                f"the bound is {bounds.max_pixels} px",
-            )
+        check_picture_size("video frames", width, height, bounds, "video_size_out_of_bounds")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
         if stream.duration is not None and stream.time_base is not None:
@@ -211,10 +231,13 @@ class VideoSpec(ModalitySpec):
             has_audio=bool(container.streams.audio),
         )
 
-    def read(self, value: Any, bounds: VideoBounds, media: Any) -> Reading:
+    def read(
+        self, value: Any, bounds: VideoBounds, media: Any, carry: Collection[str] = ()
+    ) -> Reading:
         probe = self.decode(value, bounds)
         config: VideoPreprocess = media.video
-        frames, audio = sample_clip(probe, config, want_audio=config.audio_from_track)
+        want_audio = config.audio_from_track and AUDIO.name in carry
+        frames, audio = sample_clip(probe, config, want_audio=want_audio)
         stats = {**self.stats(probe), "video_brightness": float(frames.mean() / 255.0)}
         reading = Reading(inputs={self.name: frames}, stats={self.name: stats})
         if audio is not None:
@@ -249,29 +272,15 @@ class VideoSpec(ModalitySpec):
         return np.frombuffer(blob, dtype=np.uint8).reshape(c.frames, c.size, c.size, 3)
 
     def collate(self, items: list[np.ndarray | None], media: Any) -> Any:
-        import torch
-
         c = media.video
-        out = np.zeros((len(items), c.frames, c.size, c.size, 3), dtype=np.uint8)
-        for i, item in enumerate(items):
-            if item is not None:
-                out[i] = np.asarray(item)
-        return torch.from_numpy(out)
+        return stack_pixels(items, (c.frames, c.size, c.size, 3))
 
     def select(self, batch_input: Any, rows: Any) -> Any:
         return batch_input[rows.to(batch_input.device)]
 
     def augment(self, item: np.ndarray, rng: np.random.Generator, config: Any = None) -> np.ndarray:
-        """The image modality's variation, the same for every frame of the clip (a camera
-        does not jump between frames): a small translation, and a horizontal flip unless
-        the data forbids it (`flip: false`)."""
-        max_shift = 4
-        flip = True if config is None else bool(getattr(config, "flip", True))
-        out = np.asarray(item)
-        if flip and rng.random() < 0.5:
-            out = out[:, :, ::-1]
-        dy, dx = rng.integers(-max_shift, max_shift + 1, 2)
-        return np.ascontiguousarray(np.roll(out, shift=(int(dy), int(dx)), axis=(1, 2)))
+        """The image modality's variation, the same for every frame of the clip."""
+        return shift_and_flip(item, rng, config)
 
     # ---- monitoring and validation ----------------------------------------------------------
     def expectations(self, bounds: VideoBounds) -> list[tuple[str, dict[str, Any]]]:
@@ -298,8 +307,7 @@ class VideoSpec(ModalitySpec):
         return rng.integers(0, 256, (c.frames, c.size, c.size, 3), dtype=np.uint8)
 
     def example_value(self) -> str:
-        frames = [np.full((32, 32, 3), 40 + 20 * i, dtype=np.uint8) for i in range(8)]
-        return base64.b64encode(encode_clip(frames, fps=8)).decode()
+        return _EXAMPLE_CLIP
 
     def preview(self, item: np.ndarray) -> tuple[str, Any]:
         return ("picture", np.asarray(item)[len(item) // 2])
@@ -380,54 +388,6 @@ def sample_clip(
         if len(track) and float(np.max(np.abs(track))) >= 1e-3:  # a silent track is no audio
             audio = DecodedAudio(np.clip(track, -1.0, 1.0), int(rate))
     return np.stack(kept), audio
-
-
-def encode_clip(
-    frames: list[np.ndarray],
-    fps: int,
-    container: str = "mp4",
-    audio: DecodedAudio | None = None,
-) -> bytes:
-    """Encode RGB frames (and an optional mono track) as H.264/AAC in MP4 (index first,
-    `faststart`) or VP9/Opus in WebM, deterministically. Examples, tests and the generator
-    use it; FFmpeg's faststart pass needs a real file, hence the temporary one."""
-    import av
-
-    video_codec, audio_codec = (
-        ("libx264", "aac") if container == "mp4" else ("libvpx-vp9", "libopus")
-    )
-    height, width = frames[0].shape[:2]
-    # bitexact: no encoder version strings or random segment ids, so the bytes repeat.
-    options = {"fflags": "+bitexact"}
-    if container == "mp4":
-        options["movflags"] = "+faststart"
-    with tempfile.TemporaryDirectory(prefix="dualmedia-clip-") as tmp:
-        path = Path(tmp) / f"clip.{container}"
-        with av.open(str(path), "w", format=container, options=options) as out:
-            stream = out.add_stream(video_codec, rate=Fraction(fps))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.codec_context.thread_count = 1  # deterministic bytes
-            track = None
-            if audio is not None:
-                rate = audio.sample_rate if container == "mp4" else 48000
-                track = out.add_stream(audio_codec, rate=rate)
-                track.layout = "mono"
-            for pixels in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                    out.mux(packet)
-            for packet in stream.encode():
-                out.mux(packet)
-            if track is not None and audio is not None:
-                from dualmedia.modalities.audio import resample
-
-                samples = resample(audio, track.rate).samples
-                frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
-                frame.sample_rate = track.rate
-                for packet in track.encode(frame):
-                    out.mux(packet)
-                for packet in track.encode():
-                    out.mux(packet)
-        return path.read_bytes()
 
 
 SPEC = VideoSpec()

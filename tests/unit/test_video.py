@@ -19,8 +19,9 @@ from dualmedia.contract import DatasetSpec
 from dualmedia.modalities import MediaBounds, MediaConfig, MediaError
 from dualmedia.modalities import video as video_module
 from dualmedia.modalities.audio import DecodedAudio
-from dualmedia.modalities.video import VideoBounds, encode_clip
+from dualmedia.modalities.video import VideoBounds
 from serving.protocol import BadRequest, parse_request
+from synthetic.videos import encode_clip
 from training.config import REPO_CONFIGS, load_train_config
 from training.models.factory import build_fused_model, load_fused_model_dir, save_fused_model
 
@@ -41,12 +42,19 @@ def tone(seconds: float = 3.0, rate: int = 16000) -> DecodedAudio:
     return DecodedAudio((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate)
 
 
+def with_track(container: str) -> bytes:
+    track = tone()
+    return encode_clip(
+        ramp_frames(), 8, container=container, audio=track.samples, sample_rate=track.sample_rate
+    )
+
+
 @pytest.fixture(scope="module")
 def clips() -> dict[str, bytes]:
     return {
-        "mp4": encode_clip(ramp_frames(), 8, "mp4", tone()),
-        "webm": encode_clip(ramp_frames(), 8, "webm", tone()),
-        "silent_mp4": encode_clip(ramp_frames(), 8, "mp4"),
+        "mp4": with_track("mp4"),
+        "webm": with_track("webm"),
+        "silent_mp4": encode_clip(ramp_frames(), 8),
     }
 
 
@@ -54,7 +62,7 @@ def clips() -> dict[str, bytes]:
 def test_a_clip_is_sampled_uniformly_in_time_and_its_track_is_the_audio(
     clips: dict[str, bytes], container: str
 ) -> None:
-    reading = VIDEO.read(clips[container], BOUNDS.video, MEDIA)
+    reading = VIDEO.read(clips[container], BOUNDS.video, MEDIA, carry={"audio"})
     frames = reading.inputs["video"]
     assert frames.shape == (MEDIA.video.frames, MEDIA.video.size, MEDIA.video.size, 3)
     # 24 frames over 3 s, 8 samples: the middle of each 3-frame slice (frames 1, 4, ... 22).
@@ -72,7 +80,7 @@ def test_a_clip_is_sampled_uniformly_in_time_and_its_track_is_the_audio(
 
 
 def test_a_clip_without_a_track_has_no_audio(clips: dict[str, bytes]) -> None:
-    reading = VIDEO.read(clips["silent_mp4"], BOUNDS.video, MEDIA)
+    reading = VIDEO.read(clips["silent_mp4"], BOUNDS.video, MEDIA, carry={"audio"})
     assert set(reading.inputs) == {"video"}
 
 
@@ -82,7 +90,9 @@ def test_the_records_own_audio_wins_and_the_track_needs_audio_declared(
     own = modalities.get("audio").read(
         base64.b64decode(modalities.get("audio").example_value()), BOUNDS.audio, MEDIA
     )
-    from_clip = VIDEO.read(clips["mp4"], BOUNDS.video, MEDIA)
+    from_clip = VIDEO.read(clips["mp4"], BOUNDS.video, MEDIA, carry={"audio"})
+    # An item that has its own audio (or no audio trunk) never decodes the track.
+    assert set(VIDEO.read(clips["mp4"], BOUNDS.video, MEDIA).inputs) == {"video"}
     item = modalities.item_reading({"audio": own, "video": from_clip}, ["video", "audio"])
     assert item.inputs["audio"] is own.inputs["audio"]
     item = modalities.item_reading({"video": from_clip}, ["video", "audio"])
@@ -91,7 +101,9 @@ def test_the_records_own_audio_wins_and_the_track_needs_audio_declared(
     assert set(modalities.item_reading({"video": from_clip}, ["text", "video"]).inputs) == {"video"}
     # And a dataset may turn the track off.
     no_track = MediaConfig.from_dict({"video": {"audio_from_track": False}})
-    assert set(VIDEO.read(clips["mp4"], BOUNDS.video, no_track).inputs) == {"video"}
+    assert set(VIDEO.read(clips["mp4"], BOUNDS.video, no_track, carry={"audio"}).inputs) == {
+        "video"
+    }
 
 
 def audio_only_mp4() -> bytes:

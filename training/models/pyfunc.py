@@ -109,13 +109,18 @@ def frame_items(frame: pd.DataFrame, model: FusedModel) -> list[dict[str, Any]]:
     for i, (_, row) in enumerate(frame.iterrows()):
         item: dict[str, Any] = {}
         readings = {}
+        lacking = {
+            m
+            for m in model.modalities
+            if _cell(row, m) is None and _cell(row, f"{m}{INPUT_SUFFIX}") is None
+        }
         for m in model.modalities:
             spec = modalities.get(m)
             where = f"row {i}: {m}"
             try:
                 if (value := _cell(row, m)) is not None:
                     raw = value if spec.inline else _b64(value, where)
-                    readings[m] = spec.read(raw, model.bounds.section(m), model.media)
+                    readings[m] = spec.read(raw, model.bounds.section(m), model.media, lacking)
                 elif (value := _cell(row, f"{m}{INPUT_SUFFIX}")) is not None:
                     item[m] = decode_input(value, f"row {i}: {m}{INPUT_SUFFIX}")
             except MediaError as exc:
