@@ -56,7 +56,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     stack.up()
     uri = f"s3://{settings.raw_bucket}/e2e-clips"
     try:
-        batch_dir = upload_clips(settings, uri, 200, seed=5, batch="batch-0001", start=0)
+        # 320 items: drift's reference (the held-out val + test splits, ~64) must pass
+        # DriftConfig.min_window (50 per side) for the embedding check to run.
+        batch_dir = upload_clips(settings, uri, 320, seed=5, batch="batch-0001", start=0)
         result = dags_test(
             tmp / "airflow-test", settings, "multimodal_training", {"dataset_uri": uri}
         )
@@ -140,8 +142,8 @@ def test_the_drift_monitor_watches_video_fields_and_embeddings(platform: dict) -
     uri = f"s3://{settings.raw_bucket}/clip-drift"
     upload_clips(settings, uri, 120, seed=8, batch="probe", start=9000, image_shift=0.9)
     summary = run_monitor(settings, MODEL, batch="probe", dataset_uri=uri, trigger=False)
-    # The raw video fields are compared (the embedding check needs a larger reference
-    # window than this 200-item dataset's held-out splits give).
     checks = set(summary["scores"])
+    assert "embedding:video" in checks, sorted(checks)
     assert {f"column:video_{c}" for c in ("brightness", "duration_s", "fps", "width")} <= checks
+    assert summary["verdict"] == "drift", summary["scores"]
     assert ObjectStore(settings).exists(summary["report_uri"])
