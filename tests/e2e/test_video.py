@@ -40,7 +40,8 @@ def upload_clips(
         seed=seed,
         batch=batch,
         start_index=start,
-        knobs=GeneratorKnobs(**knobs),
+        # Every item keeps its clip (and its text): the test split is all clips.
+        knobs=GeneratorKnobs(**{"missing_modality_rate": 0.0, **knobs}),
         video_rate=1.0,
         modalities=MODALITIES,
     )
