@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +49,13 @@ class StageConfig(_Strict):
     warmup_steps: int = 20
     # Probability of hiding each present modality of a training item (never the last one).
     modality_dropout: float = 0.0
+    # Positives of the contrastive loss: "item" (an item's own other modalities: CLIP) or
+    # "label" (every item of the same class of data.primary_label too: supervised
+    # contrastive, for data whose modalities share only the label).
+    positives: Literal["item", "label"] = "item"
+    # Weight of each modality pair in the contrastive loss, by <a>_<b> in canonical order
+    # (text, image, audio, video), e.g. {image_audio: 0.3}; unnamed pairs weigh 1.
+    pair_weights: dict[str, float] = Field(default_factory=dict)
 
 
 class FusionStageConfig(StageConfig):

@@ -118,8 +118,13 @@ def sampling_weights(groups: list[tuple[Any, ...]], power: float) -> np.ndarray:
 
 
 class BalancedSampler(Sampler[int]):
-    """Weighted sampling with replacement, the same draw on every rank, each rank taking
-    its own slice (so it needs no DistributedSampler on top). Lightning calls set_epoch."""
+    """Weighted sampling, the same draw on every rank, each rank taking its own slice (so
+    it needs no DistributedSampler on top). Lightning calls set_epoch.
+
+    Items are drawn with replacement across batches (that is what balances rare groups)
+    but never twice within one global batch of `batch_size`: a contrastive batch holding
+    an item twice makes it its own negative. Rank r takes draws r, r + world, ..., so each
+    rank's batch is a slice of one global batch."""
 
     def __init__(
         self,
@@ -128,12 +133,15 @@ class BalancedSampler(Sampler[int]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        batch_size: int = 1,
     ) -> None:
         self.weights = torch.as_tensor(weights, dtype=torch.double)
         self.per_rank = math.ceil(num_samples / world_size)
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        # A batch cannot be larger than the items that can fill it.
+        self.batch_size = max(1, min(batch_size, int((self.weights > 0).sum())))
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -142,7 +150,11 @@ class BalancedSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         total = self.per_rank * self.world_size
-        drawn = torch.multinomial(self.weights, total, replacement=True, generator=generator)
+        batches = [
+            torch.multinomial(self.weights, self.batch_size, replacement=False, generator=generator)
+            for _ in range(math.ceil(total / self.batch_size))
+        ]
+        drawn = torch.cat(batches)[:total]
         return iter(drawn[self.rank :: self.world_size].tolist())
 
     def __len__(self) -> int:
@@ -180,15 +192,19 @@ class SnapshotDataModule(pl.LightningDataModule):
         self.modalities = modalities
         self.config = config
         self.seed = seed
-        label = primary_label(spec, config.primary_label)
-        groups = sampling_groups(train, modalities, label)
+        # The label the sampler balances (and whose classes are positives with
+        # `positives: label`).
+        self.primary_label = primary_label(spec, config.primary_label)
+        groups = sampling_groups(train, modalities, self.primary_label)
         self.weights = sampling_weights(groups, config.balance_power)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank = trainer.global_rank if trainer else 0
         world = trainer.world_size if trainer else 1
-        sampler = BalancedSampler(self.weights, len(self.weights), self.seed, rank, world)
+        sampler = BalancedSampler(
+            self.weights, len(self.weights), self.seed, rank, world, self.config.batch_size
+        )
         dataset = MultimodalDataset(self.train_arrays, self.modalities, self.config.augment)
         per_rank = len(sampler)
         batch_size = rank_batch_size(self.config.batch_size, world)

@@ -22,7 +22,7 @@ from training.data import drop_modalities
 from training.metrics import classification_scores, retrieval_recall
 from training.models.distributed import sum_over_ranks, world_size
 from training.models.factory import FusedModel
-from training.models.loss import ClipLoss, symmetric_clip_loss
+from training.models.loss import ClipLoss, pair_names, symmetric_clip_loss
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
@@ -108,12 +108,34 @@ class ClampedOneCycleLR(OneCycleLR):
 
 
 class _StageModule(pl.LightningModule):
-    def __init__(self, model: FusedModel, stage: StageConfig) -> None:
+    def __init__(
+        self, model: FusedModel, stage: StageConfig, primary_label: str | None = None
+    ) -> None:
+        """`primary_label`: the label whose classes are positives with `positives: label`."""
         super().__init__()
         self.model = model
         self.stage = stage
-        self.clip_loss = ClipLoss()
+        unknown = sorted(set(stage.pair_weights) - set(pair_names(model.modalities)))
+        if unknown:
+            raise ValueError(
+                f"pair_weights: no modality pair {unknown} in this model; its pairs: "
+                f"{pair_names(model.modalities)}"
+            )
+        if stage.positives == "label" and primary_label is None:
+            raise ValueError("positives: label needs a categorical label (data.primary_label)")
+        self.positive_label = primary_label if stage.positives == "label" else None
+        self.clip_loss = ClipLoss(stage.pair_weights)
         self._val_outputs: list[dict[str, Any]] = []
+
+    def _contrastive(
+        self,
+        embeddings: dict[str, torch.Tensor],
+        present: dict[str, torch.Tensor],
+        labels: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The stage's contrastive loss of a training batch (and each pair's)."""
+        groups = labels[self.positive_label] if self.positive_label else None
+        return self.clip_loss(embeddings, present, self.model.encoder.logit_scale, groups)
 
     # ---- optimisation -------------------------------------------------------------
     def _groups(self) -> list[dict[str, Any]]:
@@ -165,8 +187,10 @@ class _StageModule(pl.LightningModule):
 class AlignmentModule(_StageModule):
     """Stage 1: contrastive alignment of every modality pair (ClipLoss)."""
 
-    def __init__(self, model: FusedModel, stage: StageConfig) -> None:
-        super().__init__(model, stage)
+    def __init__(
+        self, model: FusedModel, stage: StageConfig, primary_label: str | None = None
+    ) -> None:
+        super().__init__(model, stage, primary_label)
         # The heads play no part in this stage; DDP refuses trainable parameters that
         # receive no gradient.
         model.fusion.requires_grad_(False)
@@ -174,7 +198,7 @@ class AlignmentModule(_StageModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         batch = self._with_dropout(batch)
         embeddings = self.model.encoder(batch)
-        loss, pairs = self.clip_loss(embeddings, batch["present"], self.model.encoder.logit_scale)
+        loss, pairs = self._contrastive(embeddings, batch["present"], batch["labels"])
         size = len(batch["ids"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/logit_scale", self.model.encoder.logit_scale.exp(), batch_size=size)
@@ -230,8 +254,9 @@ class FusionModule(_StageModule):
         model: FusedModel,
         stage: FusionStageConfig,
         class_counts: dict[str, np.ndarray] | None = None,
+        primary_label: str | None = None,
     ) -> None:
-        super().__init__(model, stage)
+        super().__init__(model, stage, primary_label)
         model.fusion.requires_grad_(True)
         if not stage.finetune_encoders:
             model.encoder.requires_grad_(False)
@@ -271,9 +296,7 @@ class FusionModule(_StageModule):
         ).sum()
         loss = fused + self.stage.unimodal_loss_weight * unimodal
         if self.stage.contrastive_loss_weight > 0:
-            contrastive, _ = self.clip_loss(
-                out.embeddings, out.present, self.model.encoder.logit_scale
-            )
+            contrastive, _ = self._contrastive(out.embeddings, out.present, labels)
             loss = loss + self.stage.contrastive_loss_weight * contrastive
             self.log("train/contrastive_loss", contrastive, batch_size=len(batch["ids"]))
         size = len(batch["ids"])

@@ -303,7 +303,7 @@ def train(
             if rank0 and align_id:
                 state.stage_run_ids["alignment"] = align_id
                 state.save(store, root)
-            module = AlignmentModule(model, config.alignment)
+            module = AlignmentModule(model, config.alignment, datamodule.primary_label)
             stages["alignment"] = run.run_stage("alignment", module, config.alignment, align_id)
         if stop_after == "alignment":
             return {
@@ -320,7 +320,7 @@ def train(
                 state.stage_run_ids["fusion"] = fusion_id
                 state.save(store, root)
             counts = label_class_counts(splits["train"].labels, model.classes)
-            module = FusionModule(model, config.fusion, counts)
+            module = FusionModule(model, config.fusion, counts, datamodule.primary_label)
             stages["fusion"] = run.run_stage("fusion", module, config.fusion, fusion_id)
             if not rank0:
                 return {}

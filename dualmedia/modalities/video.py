@@ -24,7 +24,12 @@ from pydantic import Field
 from dualmedia.modalities.audio import SPEC as AUDIO
 from dualmedia.modalities.audio import DecodedAudio
 from dualmedia.modalities.base import EncoderConfig, MediaError, ModalitySpec, Reading, Section
-from dualmedia.modalities.image import check_picture_size, shift_and_flip, stack_pixels
+from dualmedia.modalities.image import (
+    EFFICIENTNET_LITE0,
+    check_picture_size,
+    shift_and_flip,
+    stack_pixels,
+)
 
 # Containers by their first bytes: an ISO base media file (MP4, MOV) names its first box
 # at offset 4; Matroska/WebM starts with the EBML magic. Anything else is refused before
@@ -86,10 +91,16 @@ class VideoPreprocess(Section):
 
 
 class VideoEncoder(EncoderConfig):
-    """The per-frame ViT (the image trunk's architecture; `pretrained` loads a frame
-    encoder like the image one) and a small temporal transformer over the frame tokens."""
+    """The frame encoder (the image trunk: a packaged ImageNet CNN by default, frozen, or
+    a ViT from scratch with `pretrained: null`) and a small temporal transformer over the
+    frame tokens, `hidden_size` wide."""
 
-    num_layers: int = 2
+    # Measured on generated [text, video] data (600 items, same run length): zero-shot
+    # category from clips 0.85 with the frozen EfficientNet-Lite0, 0.20 (chance) with a
+    # ViT from scratch; 420 training clips do not teach a ViT the products' shapes.
+    pretrained: str | None = EFFICIENTNET_LITE0
+    trainable_layers: int | None = 0
+    num_layers: int = 2  # the ViT's, when from scratch
     patch_size: int = 16  # 16 tokens a 64 x 64 frame: 8 frames cost about 2 photos
     dropout: float = 0.1
     # True: the frames go through the image modality's trunk itself (same weights), when

@@ -1,5 +1,7 @@
 """train() from an s3:// snapshot against a real rclone S3 and MLflow server: runs, params,
-metrics, inputs, the logged model, checkpoints, evaluate_model and the CLI commands."""
+metrics, inputs, the logged model, checkpoints, evaluate_model and the CLI commands. The
+dataset declares all four modalities (half the items have a clip): text, image, audio and
+video train, log and predict together with no code of their own here."""
 
 from __future__ import annotations
 
@@ -51,7 +53,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def snapshot_uri(stack_settings: Settings, data_dir: Path) -> str:
     store = ObjectStore(stack_settings)
-    return synthetic_snapshot(store, stack_settings.lake_bucket, data_dir, 80, seed=1)
+    return synthetic_snapshot(
+        store, stack_settings.lake_bucket, data_dir, 80, seed=1, video_rate=0.5
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +77,7 @@ def test_summary_names_runs_model_and_metrics(trained: dict[str, Any], snapshot_
     assert trained["stages"]["fusion"]["resumed_from_step"] == 0
     assert "test/fusion/mismatch/macro_f1" in trained["metrics"]
     assert "test/retrieval/audio_to_image/R_at_10" in trained["metrics"]
+    assert "test/retrieval/video_to_text/R_at_10" in trained["metrics"]
     json.dumps(trained)  # JSON-able
 
 
@@ -164,30 +169,33 @@ def test_model_is_logged_with_signature_and_safetensors_weights(
     assert not [p for p in shipped if p.startswith(unwanted)], sorted(shipped)
 
 
-def _request_from_raw_files(data_dir: Path, n: int = 3) -> pd.DataFrame:
+def _request_from_raw_files(data_dir: Path, n: int = 6) -> pd.DataFrame:
     """Rows as an application would send them: text and base64 of the original files."""
-    batch = data_dir / "synthetic-80-1" / "batch-0001"
+    batch = next(data_dir.glob("synthetic-80-1*")) / "batch-0001"
     rows = []
     for line in (batch / MANIFEST_FILE).read_text().splitlines()[:n]:
         record = json.loads(line)
         row: dict[str, Any] = {"text": record["text"]}
-        for modality in ("image", "audio"):
-            if record[modality]:
+        for modality in ("image", "audio", "video"):
+            if record.get(modality):
                 row[modality] = base64.b64encode((batch / record[modality]).read_bytes()).decode()
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def test_pyfunc_predicts_from_raw_image_and_audio_files(
+def test_pyfunc_predicts_from_raw_image_audio_and_video_files(
     trained: dict[str, Any], data_dir: Path
 ) -> None:
     model = mlflow.pyfunc.load_model(trained["model_uri"])
     request = _request_from_raw_files(data_dir)
+    assert request["video"].notna().any() and request["video"].isna().any()
     out = model.predict(request)
     assert len(out) == len(request)
     assert set(out["category"]) <= {"mug", "shoe", "lamp", "backpack", "headphones"}
-    gates = out[["gate_text", "gate_image", "gate_audio"]].to_numpy()
+    gates = out[["gate_text", "gate_image", "gate_audio", "gate_video"]].to_numpy()
     assert np.allclose(gates.sum(axis=1), 1.0)
+    # A row without a clip gives video no weight; a row with one does.
+    assert ((out["gate_video"] > 0) == request["video"].notna().to_numpy()).all()
 
 
 def test_checkpoints_and_run_state_are_in_object_storage(

@@ -88,6 +88,26 @@ def test_sampler_ranks_take_disjoint_slices_of_one_draw() -> None:
     assert list(one) != sorted(both) or list(one) != both  # a new epoch draws anew
 
 
+def test_no_batch_holds_an_item_twice_on_one_or_two_ranks() -> None:
+    rng = np.random.default_rng(0)
+    weights = rng.uniform(0.01, 1.0, 40) ** 4  # a few items far likelier than the rest
+    one = list(BalancedSampler(weights, 400, seed=1, batch_size=16))
+    assert len(one) == 400
+    global_batches = [one[i : i + 16] for i in range(0, 400, 16)]
+    assert all(len(set(b)) == len(b) for b in global_batches)
+    # Still weighted: the likeliest item is drawn far more often than the least likely.
+    counts = Counter(one)
+    assert counts[int(weights.argmax())] > 4 * counts.get(int(weights.argmin()), 0)
+    # Without the rule, such weights repeat items within batches.
+    free = torch.multinomial(torch.as_tensor(weights), 400, replacement=True).tolist()
+    assert any(len(set(free[i : i + 16])) < 16 for i in range(0, 400, 16))
+    # Two ranks: each rank's batch of 8 is a slice of one global batch of 16.
+    ranks = [list(BalancedSampler(weights, 400, 1, r, 2, batch_size=16)) for r in (0, 1)]
+    for r, drawn in enumerate(ranks):
+        assert drawn == one[r::2]
+        assert all(len(set(drawn[i : i + 8])) == 8 for i in range(0, 200, 8))
+
+
 def test_spectrogram_masking_stays_inside_the_real_audio() -> None:
     rng = np.random.default_rng(0)
     logmel = rng.normal(size=(64, 201)).astype(np.float32)
@@ -187,3 +207,32 @@ def test_temperature_is_clamped_after_an_optimizer_step() -> None:
     )
     trainer.fit(AlignmentModule(model, config.alignment), datamodule=data)
     assert float(model.encoder.logit_scale.detach()) == pytest.approx(float(np.log(100)))
+
+
+def test_label_positives_and_pair_weights_train_and_unknown_pairs_are_refused() -> None:
+    spec = dataset_spec()
+    config = load_train_config(REPO_CONFIGS / "tiny.yaml")
+    model = build_fused_model(spec, MediaConfig(), config.model)
+    arrays = random_arrays(spec, 32, MediaConfig(), seed=4)
+    data = SnapshotDataModule(arrays, arrays, spec, list(NAMES), config.data, MediaConfig())
+    stage = config.alignment.model_copy(
+        update={"positives": "label", "pair_weights": {"image_audio": 0.2}}
+    )
+    module = AlignmentModule(model, stage, data.primary_label)
+    assert module.positive_label == data.primary_label == "sentiment"
+    trainer = pl.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, datamodule=data)
+    assert np.isfinite(float(trainer.callback_metrics["train/loss"]))
+    wrong = config.alignment.model_copy(update={"pair_weights": {"audio_image": 0.2}})
+    with pytest.raises(ValueError, match=r"no modality pair \['audio_image'\].*image_audio"):
+        AlignmentModule(model, wrong)
+    with pytest.raises(ValueError, match="positives: label needs a categorical label"):
+        AlignmentModule(model, stage, None)

@@ -78,6 +78,38 @@ def test_a_pair_with_fewer_than_two_shared_items_is_skipped_but_stays_differenti
     assert scale.grad is not None
 
 
+def test_with_label_positives_same_class_items_are_pulled_together_not_apart() -> None:
+    # Four items, two classes. "close": item 0's photo sits near item 1's text (same class);
+    # "far": it sits near item 2's (the other class). Item positives (CLIP) dislike both;
+    # label positives prefer the same-class neighbour.
+    eye = torch.eye(4)
+    texts = eye
+    close = F.normalize(eye + 0.9 * eye[[1, 0, 3, 2]], dim=1)
+    far = F.normalize(eye + 0.9 * eye[[2, 3, 0, 1]], dim=1)
+    classes = torch.tensor([0, 0, 1, 1])
+    by_item = {
+        name: symmetric_clip_loss(x, texts, SCALE) for name, x in (("close", close), ("far", far))
+    }
+    by_label = {
+        name: symmetric_clip_loss(x, texts, SCALE, classes)
+        for name, x in (("close", close), ("far", far))
+    }
+    assert torch.isclose(by_item["close"], by_item["far"])  # CLIP cannot tell them apart
+    assert by_label["close"] < by_label["far"] - 0.5
+    # An unknown class (-1) is its own group only: the item loss again.
+    unknown = torch.full((4,), -1)
+    assert torch.isclose(symmetric_clip_loss(close, texts, SCALE, unknown), by_item["close"])
+
+
+def test_pair_weights_make_a_weighted_mean_of_the_pairs() -> None:
+    features = {m: unit_rows(6, seed=i) for i, m in enumerate(("text", "image", "audio"))}
+    present = {m: torch.ones(6, dtype=torch.bool) for m in features}
+    _, pairs = ClipLoss()(features, present, SCALE)
+    total, _ = ClipLoss({"image_audio": 0.0, "text_audio": 3.0})(features, present, SCALE)
+    expected = (pairs["text_image"] + 3.0 * pairs["text_audio"]) / 4.0
+    assert torch.isclose(total, expected)
+
+
 def test_temperature_and_norms_and_biases_get_no_weight_decay() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     model.logit_scale = torch.nn.Parameter(torch.tensor(2.0))  # type: ignore[assignment]

