@@ -9,6 +9,7 @@ hard-coded anywhere else in the platform.
 from __future__ import annotations
 
 import json
+import string
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +43,10 @@ LABEL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 MAX_LABELS = 64
 MAX_CLASSES = 1000
 MAX_CLASS_NAME_CHARS = 64
+# Zero-shot prompt templates when dataset.yaml names none: the class name alone and a few
+# that fit any data ({label}: the label's name, {cls}: a class name).
+DEFAULT_PROMPT_TEMPLATES = ("{cls}", "{label}: {cls}", "the {label} is {cls}", "this is {cls}")
+MAX_PROMPT_TEMPLATE_CHARS = 200
 RESERVED_LABEL_NAMES = frozenset(
     """T_destination add_module apply bfloat16 buffers call_super_init children clear compile
     cpu cuda double dump_patches eval extra_repr float forward get_buffer get_extra_state
@@ -124,6 +129,29 @@ class DatasetSpec(BaseModel):
     # `bounds: {audio: {min_duration_s: 0.05}}` (every field: README, "The dataset contract").
     bounds: dict[str, dict[str, Any]] = Field(default_factory=dict)
     media: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Zero-shot prompts: each template names the class ({cls}) and may name the label
+    # ({label}); a class's prompt embedding is the mean over them. Stored with the model
+    # (model.json holds this spec), so evaluation of any later snapshot uses these.
+    prompt_templates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PROMPT_TEMPLATES), min_length=1, max_length=32
+    )
+
+    @field_validator("prompt_templates")
+    @classmethod
+    def _templates(cls, templates: list[str]) -> list[str]:
+        for template in templates:
+            if len(template) > MAX_PROMPT_TEMPLATE_CHARS:
+                raise ValueError(f"prompt template over {MAX_PROMPT_TEMPLATE_CHARS} characters")
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            except ValueError as exc:
+                raise ValueError(f"prompt template {template!r}: {exc}") from None
+            if "cls" not in fields or not fields <= {"cls", "label"}:
+                raise ValueError(
+                    f"prompt template {template!r} must contain {{cls}} and no field but "
+                    f"{{cls}} and {{label}}"
+                )
+        return templates
 
     @field_validator("labels", mode="before")
     @classmethod

@@ -96,15 +96,6 @@ class TrackingConfig(_Strict):
 
 class EvalConfig(_Strict):
     recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
-    # Zero-shot prompts; {label} and {cls} come from the dataset's label schema.
-    prompt_templates: list[str] = Field(
-        default_factory=lambda: [
-            "{cls}",
-            "a {cls} review",
-            "{label}: {cls}",
-            "the {label} is {cls}",
-        ]
-    )
     retrieval_examples: int = 4
 
 

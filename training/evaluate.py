@@ -1,12 +1,15 @@
 """Evaluation of a fused model on a snapshot split.
 
 - retrieval recall@k for every ordered modality pair (CLIP_benchmark: a query hits when an
-  item with its id is among the top k candidates);
+  item with its id is among the top k candidates), and by label (`by_<label>`: a hit is
+  any candidate of the query's class), each beside what a random ranking scores;
 - zero-shot classification of each categorical label: prompts built from the label schema
-  (templates x class names, averaged per class) against image and audio embeddings;
-- fusion accuracy and macro-F1 per label, then the same with each modality removed
-  (`without_<m>`) and with one modality only (`only_<m>`), so the gain of fusion over any
-  single modality is a number (`gain_over_only_<m>`), plus the unimodal heads;
+  (the dataset's templates x class names, averaged per class) against every other
+  modality's embeddings;
+- fusion accuracy and macro-F1 per label, then, on the items that have modality m, the
+  same with every modality (`with_<m>`), with m removed (`without_<m>`) and with m only
+  (`only_<m>`), so the gain of fusion over any single modality is a number on the same
+  items (`gain/<label>/over_only_<m>` = with_<m> - only_<m>), plus the unimodal heads;
 - confusion matrices and retrieval examples as PNG files.
 """
 
@@ -71,7 +74,39 @@ def retrieval_metrics(
             results[f"{a}_to_{b}"] = {f"R@{k}": v for k, v in recall.items()}
             # What a random ranking scores at k=1 (one item per id): the yardstick.
             results[f"{a}_to_{b}"]["chance_R@1"] = 1.0 / max(1, int(cb.sum()))
+            for name, label in model.spec.labels.items():
+                if isinstance(label, CategoricalLabel):
+                    results[f"{a}_to_{b}"][f"by_{name}"] = _label_recall(
+                        emb[a], emb[b], arrays.labels[name], qa, cb, ks
+                    )
     return results
+
+
+def _label_recall(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    classes: np.ndarray,
+    query_rows: np.ndarray,
+    candidate_rows: np.ndarray,
+    ks: list[int],
+) -> dict[str, float]:
+    """Recall@k where a hit is any candidate of the query's class (queries of unknown
+    class left out), and its chance at k=1: sum over classes of P(query) * P(candidate)."""
+    q = query_rows & (classes >= 0)
+    c = candidate_rows & (classes >= 0)
+    if not q.any() or not c.any():
+        return {}
+    recall = retrieval_recall(
+        queries[torch.from_numpy(q)],
+        candidates[torch.from_numpy(c)],
+        [int(x) for x in classes[q]],
+        [int(x) for x in classes[c]],
+        ks,
+    )
+    n = int(classes.max()) + 1
+    share_q = np.bincount(classes[q], minlength=n) / q.sum()
+    share_c = np.bincount(classes[c], minlength=n) / c.sum()
+    return {**{f"R@{k}": v for k, v in recall.items()}, "chance_R@1": float(share_q @ share_c)}
 
 
 @torch.no_grad()
@@ -88,8 +123,11 @@ def class_prompt_embeddings(
 
 
 def zero_shot_metrics(
-    model: FusedModel, arrays: SnapshotArrays, scores: Scores, templates: list[str]
+    model: FusedModel, arrays: SnapshotArrays, scores: Scores
 ) -> dict[str, dict[str, dict[str, float]]]:
+    """Each categorical label from text prompts (the templates the model's dataset spec
+    stores), per modality other than the prompts' own."""
+    templates = model.spec.prompt_templates
     prompt_modality = model.encoder.prompt_modality
     if prompt_modality is None:
         return {}
@@ -129,21 +167,27 @@ def fusion_metrics(model: FusedModel, arrays: SnapshotArrays, scores: Scores) ->
         },
     }
     nobody = np.zeros_like(present[model.modalities[0]])
+    # Each ablation is scored on the items that have the modality: elsewhere "only m" has
+    # nothing to go on and "without m" changes nothing, which would flatter fusion.
     for m in model.modalities:
+        rows = present[m]
         without = {k: (v if k != m else nobody) for k, v in present.items()}
         only = {k: (v if k == m else nobody) for k, v in present.items()}
+        result["ablation"][f"with_{m}"] = _label_scores(model, arrays, predicted, rows)
         result["ablation"][f"without_{m}"] = _label_scores(
-            model, arrays, fuse(model, scores.embeddings, without).predicted()
+            model, arrays, fuse(model, scores.embeddings, without).predicted(), rows
         )
         result["ablation"][f"only_{m}"] = _label_scores(
-            model, arrays, fuse(model, scores.embeddings, only).predicted()
+            model, arrays, fuse(model, scores.embeddings, only).predicted(), rows
         )
+    ablation = result["ablation"]
     result["gain"] = {
         name: {
-            f"over_only_{m}": value["macro_f1"] - result["ablation"][f"only_{m}"][name]["macro_f1"]
+            f"over_only_{m}": ablation[f"with_{m}"][name]["macro_f1"]
+            - ablation[f"only_{m}"][name]["macro_f1"]
             for m in model.modalities
         }
-        for name, value in result["fusion"].items()
+        for name in result["fusion"]
     }
     return result
 
@@ -183,7 +227,7 @@ def evaluate_arrays(
         "n_items": len(arrays),
         "present": {m: int(v.sum()) for m, v in scores.present.items()},
         "retrieval": retrieval_metrics(model, arrays, scores, config.recall_ks),
-        "zero_shot": zero_shot_metrics(model, arrays, scores, config.prompt_templates),
+        "zero_shot": zero_shot_metrics(model, arrays, scores),
     }
     result.update(fusion_metrics(model, arrays, scores))
     matrices = result.pop("confusion")

@@ -214,7 +214,14 @@ def _evaluate_and_log(model: FusedModel, run: _Run, splits: dict[str, SnapshotAr
 
 def key_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """The figures people compare runs by: retrieval, fusion, its gain, the ablations."""
-    keep = ("/retrieval/", "/fusion/", "/gain/", "/ablation/only_", "/zero_shot/")
+    keep = (
+        "/retrieval/",
+        "/fusion/",
+        "/gain/",
+        "/ablation/only_",
+        "/ablation/with_",
+        "/zero_shot/",
+    )
     return {
         k: round(v, 4)
         for k, v in metrics.items()

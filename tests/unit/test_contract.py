@@ -49,6 +49,10 @@ def test_parses_the_design_example() -> None:
         ("name: [unclosed\n", "not valid YAML"),
         ("- just\n- a list\n", "expected a mapping"),
         ("name: x\nmodalities: [text]\nextra: 1\n", "extra"),
+        ("name: x\nmodalities: [text]\nprompt_templates: ['a photo']\n", "must contain {cls}"),
+        ("name: x\nmodalities: [text]\nprompt_templates: ['{cls} {id}']\n", "no field but"),
+        ("name: x\nmodalities: [text]\nprompt_templates: ['{cls']\n", "prompt_templates"),
+        ("name: x\nmodalities: [text]\nprompt_templates: []\n", "prompt_templates"),
     ],
 )
 def test_invalid_specs_name_the_field(text: str, fragment: str) -> None:
@@ -56,6 +60,16 @@ def test_invalid_specs_name_the_field(text: str, fragment: str) -> None:
         parse_dataset_spec(text, where="s3://b/d/dataset.yaml")
     assert "s3://b/d/dataset.yaml" in str(info.value)
     assert fragment in str(info.value)
+
+
+def test_prompt_templates_default_to_generic_ones_and_round_trip() -> None:
+    spec = parse_dataset_spec(GOOD)
+    assert spec.prompt_templates[0] == "{cls}"
+    assert not any("review" in t for t in spec.prompt_templates)  # nothing demo-specific
+    assert "prompt_templates" not in spec.to_yaml()  # defaults are not written out
+    own = parse_dataset_spec(GOOD + "prompt_templates: ['a scan of the digit {cls}']\n")
+    assert own.prompt_templates == ["a scan of the digit {cls}"]
+    assert parse_dataset_spec(own.to_yaml()) == own
 
 
 def test_label_values_are_checked() -> None:

@@ -23,7 +23,7 @@ from synthetic.fixtures import random_arrays
 from training.config import REPO_CONFIGS, EvalConfig, load_train_config
 from training.evaluate import class_prompt_embeddings, evaluate_arrays, flat_metrics
 from training.metrics import classification_scores, retrieval_recall
-from training.models.factory import build_fused_model
+from training.models.factory import build_fused_model, load_fused_model_dir, save_fused_model
 from training.models.pyfunc import (
     encode_input,
     frame_items,
@@ -67,6 +67,23 @@ def model() -> torch.nn.Module:
     return build_fused_model(dataset_spec(), MEDIA, config).eval()
 
 
+def test_zero_shot_uses_the_templates_the_model_stores(tmp_path: Path, monkeypatch) -> None:
+    spec = dataset_spec().model_copy(update={"prompt_templates": ["it is {cls}"]})
+    config = load_train_config(REPO_CONFIGS / "tiny.yaml").model
+    save_fused_model(build_fused_model(spec, MEDIA, config), tmp_path)
+    loaded = load_fused_model_dir(tmp_path).eval()
+    assert loaded.spec.prompt_templates == ["it is {cls}"]
+    seen: list[str] = []
+    original = loaded.encoder.encode_prompts
+    monkeypatch.setattr(
+        loaded.encoder, "encode_prompts", lambda texts: seen.extend(texts) or original(texts)
+    )
+    arrays = random_arrays(dataset_spec(), 12, MEDIA, seed=3)
+    result = evaluate_arrays(loaded, arrays, EvalConfig())
+    assert set(result["zero_shot"]) == {"sentiment", "category"}
+    assert "it is mug" in seen and all(text.startswith("it is ") for text in seen)
+
+
 def test_zero_shot_prompts_are_built_from_the_schema(model, monkeypatch) -> None:
     seen: list[list[str]] = []
     original = model.encoder.encode_prompts
@@ -85,17 +102,32 @@ def test_evaluation_covers_every_pair_label_and_ablation(model, tmp_path: Path) 
         "text_to_image", "text_to_audio", "image_to_text",
         "image_to_audio", "audio_to_text", "audio_to_image",
     }  # fmt: skip
-    assert set(result["retrieval"]["text_to_image"]) == {"R@1", "R@5", "R@10", "chance_R@1"}
+    assert set(result["retrieval"]["text_to_image"]) == {
+        "R@1", "R@5", "R@10", "chance_R@1", "by_sentiment", "by_category",
+    }  # fmt: skip
+    by_class = result["retrieval"]["image_to_audio"]["by_category"]
+    # A hit is any item of the query's class: at least as often as the same item.
+    assert by_class["R@1"] >= result["retrieval"]["image_to_audio"]["R@1"]
+    assert 0.0 < by_class["chance_R@1"] < 1.0 and by_class["R@10"] >= by_class["R@1"]
     # Zero-shot only for categorical labels, against the non-text modalities.
     assert set(result["zero_shot"]) == {"sentiment", "category"}
     assert set(result["zero_shot"]["category"]) == {"image", "audio"}
     assert set(result["fusion"]) == {"sentiment", "category", "damaged", "mismatch"}
     assert set(result["ablation"]) == {
-        f"{kind}_{m}" for kind in ("without", "only") for m in ("text", "image", "audio")
+        f"{kind}_{m}" for kind in ("with", "without", "only") for m in ("text", "image", "audio")
     }
+    # Ablations count only the items that have the modality; the gain compares the same items.
+    has_image = int(result["present"]["image"])
+    assert 0 < has_image < 40
+    assert result["ablation"]["only_image"]["damaged"]["n"] <= has_image
+    assert (
+        result["ablation"]["with_image"]["damaged"]["n"]
+        == (result["ablation"]["only_image"]["damaged"]["n"])
+    )
+    assert result["fusion"]["damaged"]["n"] > result["ablation"]["with_image"]["damaged"]["n"]
     gain = result["gain"]["damaged"]["over_only_image"]
     only = result["ablation"]["only_image"]["damaged"]["macro_f1"]
-    assert gain == pytest.approx(result["fusion"]["damaged"]["macro_f1"] - only)
+    assert gain == pytest.approx(result["ablation"]["with_image"]["damaged"]["macro_f1"] - only)
     for png in ("confusion_matrices.png", "retrieval_examples.png"):
         with Image.open(tmp_path / png) as image:
             assert image.format == "PNG" and image.width > 200
