@@ -69,6 +69,9 @@ REPO = HERE.parent
 # This folder's serving.py would hide the `serving` package: the repository root first.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(HERE))  # bench_support
+
+from bench_support import private_settings  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "train" / "default.yaml"
 SECONDS = 3  # every clip's length
@@ -441,33 +444,6 @@ def bench_ingest_s3(
         }
         for name, t in seconds.items()
     ]
-
-
-def private_settings(home: Path) -> Any:
-    """Settings for this run's own services: a temp home, free ports, no .env."""
-    import socket
-
-    from dualmedia.settings import Settings
-
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
-    names = [
-        "s3_port",
-        "mlflow_port",
-        "airflow_port",
-        "airflow_worker_log_port",
-        "airflow_trigger_log_port",
-        "torchserve_inference_port",
-        "torchserve_management_port",
-        "torchserve_metrics_port",
-        "torchserve_grpc_inference_port",
-        "torchserve_grpc_management_port",
-    ]
-    ports = {name: free_port() for name in names}
-    return Settings(_env_file=None, home=home, startup_timeout_s=240.0, **ports)  # type: ignore[call-arg]
 
 
 # ---- 3. serving ----------------------------------------------------------------------------
