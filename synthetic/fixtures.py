@@ -87,8 +87,9 @@ def records_table(dataset_dir: Path, media: MediaConfig) -> tuple[pa.Table, Data
 def arrays_from_folder(
     dataset_dir: Path, split: str | None = None, media: MediaConfig | None = None
 ) -> SnapshotArrays:
-    """A split of a local dataset folder as SnapshotArrays (no object storage involved)."""
-    media = media or MediaConfig()
+    """A split of a local dataset folder as SnapshotArrays (no object storage involved);
+    `media`: the dataset.yaml's own by default, as ingestion takes it."""
+    media = media or load_dataset_spec(dataset_dir).media_config()
     table, spec = records_table(dataset_dir, media)
     if split is not None:
         table = table.filter(pa.array(np.asarray(table.column("split").to_pylist()) == split))
@@ -98,8 +99,9 @@ def arrays_from_folder(
 def write_snapshot_folder(
     dataset_dir: Path, out_dir: Path, media: MediaConfig | None = None
 ) -> SnapshotInfo:
-    """Write records Parquet, snapshot.json and dataset.yaml; the id hashes the records."""
-    media = media or MediaConfig()
+    """Write records Parquet, snapshot.json and dataset.yaml; the id hashes the records.
+    `media`: the dataset.yaml's own by default, as ingestion takes it."""
+    media = media or load_dataset_spec(dataset_dir).media_config()
     table, spec = records_table(dataset_dir, media)
     out_dir = Path(out_dir)
     (out_dir / "records").mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,8 @@ def dataset_spec(modalities: Sequence[str] | None = None) -> DatasetSpec:
             "damaged": BinaryLabel(type="binary"),
             "mismatch": BinaryLabel(type="binary"),
         },
+        # Product photos and clips may be mirrored in training (the default forbids it).
+        media={"image": {"flip": True}, "video": {"flip": True}},
         # The generic templates plus one in the words of this data (customer reviews).
         prompt_templates=["{cls}", "a {cls} review", "{label}: {cls}", "the {label} is {cls}"],
     )

@@ -27,11 +27,18 @@ from training.config import DataConfig
 
 class MultimodalDataset(Dataset):
     def __init__(
-        self, arrays: SnapshotArrays, modalities: list[str], augment: bool = False
+        self,
+        arrays: SnapshotArrays,
+        modalities: list[str],
+        augment: bool = False,
+        media: Any = None,
     ) -> None:
+        """`media`: the snapshot's media config, whose sections say which augmentations
+        the data allows (needed with `augment`)."""
         self.arrays = arrays
         self.modalities = modalities
         self.augment = augment
+        self.media = media
 
     def __len__(self) -> int:
         return len(self.arrays)
@@ -43,7 +50,8 @@ class MultimodalDataset(Dataset):
             # Drawn from torch's generator, so Lightning's seed makes a run reproducible.
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
             inputs = {
-                m: None if x is None else registry.get(m).augment(x, rng) for m, x in inputs.items()
+                m: None if x is None else registry.get(m).augment(x, rng, self.media.section(m))
+                for m, x in inputs.items()
             }
         return {
             "index": i,
@@ -205,7 +213,9 @@ class SnapshotDataModule(pl.LightningDataModule):
         sampler = BalancedSampler(
             self.weights, len(self.weights), self.seed, rank, world, self.config.batch_size
         )
-        dataset = MultimodalDataset(self.train_arrays, self.modalities, self.config.augment)
+        dataset = MultimodalDataset(
+            self.train_arrays, self.modalities, self.config.augment, self.media
+        )
         per_rank = len(sampler)
         batch_size = rank_batch_size(self.config.batch_size, world)
         return DataLoader(

@@ -185,7 +185,8 @@ class ModalitySpec(ABC):
         """The rows `rows` (a LongTensor) of a collated input."""
 
     def augment(self, item: Any, rng: np.random.Generator, config: Any = None) -> Any:
-        """A training-time random variation of one model input (default: none)."""
+        """A training-time random variation of one model input (default: none); `config` is
+        the modality's media section (what the dataset allows, e.g. image `flip`)."""
         return item
 
     # ---- monitoring and validation ----------------------------------------------------------

@@ -34,6 +34,9 @@ class ImageBounds(Section):
 
 class ImagePreprocess(Section):
     size: int = Field(64, ge=8, description="model input: size x size RGB")
+    # Training may mirror pictures left-right. Off by default: scans, digits and text lose
+    # their meaning mirrored; a dataset of photos allows it in dataset.yaml.
+    flip: bool = False
 
 
 class ImageEncoder(EncoderConfig):
@@ -193,11 +196,10 @@ def stack_pixels(items: list[np.ndarray | None], shape: tuple[int, ...]) -> Any:
 
 def shift_and_flip(pixels: np.ndarray, rng: np.random.Generator, config: Any = None) -> np.ndarray:
     """A random small translation of the last three axes (height, width, RGB), and a
-    horizontal flip unless the data forbids it (`flip: false`: scans, digits and text lose
-    their meaning when mirrored). On a clip [T, H, W, 3], the same for every frame (a camera
-    does not jump between frames)."""
+    horizontal flip when the modality's media section allows it (`flip: true`). On a clip
+    [T, H, W, 3], the same for every frame (a camera does not jump between frames)."""
     max_shift = 4
-    flip = True if config is None else bool(getattr(config, "flip", True))
+    flip = bool(getattr(config, "flip", False))
     out = np.asarray(pixels)
     if flip and rng.random() < 0.5:
         out = out[..., ::-1, :]

@@ -88,6 +88,9 @@ class VideoPreprocess(Section):
     size: int = Field(64, ge=8, description="each frame: size x size RGB")
     # The clip's audio track as the item's audio when the record has none of its own.
     audio_from_track: bool = True
+    # Training may mirror pictures left-right. Off by default: scans, digits and text lose
+    # their meaning mirrored; a dataset of photos allows it in dataset.yaml.
+    flip: bool = False
 
 
 class VideoEncoder(EncoderConfig):

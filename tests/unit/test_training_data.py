@@ -18,6 +18,7 @@ from synthetic.fixtures import arrays_from_folder, random_arrays
 from training.config import REPO_CONFIGS, TrainConfig, load_train_config
 from training.data import (
     BalancedSampler,
+    MultimodalDataset,
     SnapshotDataModule,
     drop_modalities,
     primary_label,
@@ -236,3 +237,18 @@ def test_label_positives_and_pair_weights_train_and_unknown_pairs_are_refused() 
         AlignmentModule(model, wrong)
     with pytest.raises(ValueError, match="positives: label needs a categorical label"):
         AlignmentModule(model, stage, None)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_pictures_are_mirrored_in_training_only_where_the_dataset_allows(flip: bool) -> None:
+    media = MediaConfig.from_dict({"image": {"flip": flip}})
+    assert MediaConfig().image.flip is False  # the default: scans and digits keep their sides
+    picture = np.zeros((64, 64, 3), dtype=np.uint8)
+    picture[:, :20] = 255  # a bright band on the left only
+    arrays = random_arrays(dataset_spec(), 1, media, missing_rate=0.0, seed=0)
+    arrays.inputs["image"][0] = picture
+    dataset = MultimodalDataset(arrays, ["image"], augment=True, media=media)
+    torch.manual_seed(0)
+    # The shift moves the band by at most 4 pixels: a mirror puts it on the right.
+    right_side = [int(dataset[0]["inputs"]["image"][:, 40:].mean() > 100) for _ in range(40)]
+    assert (sum(right_side) > 5) is flip, right_side
