@@ -43,7 +43,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(HERE))  # bench_support
 
-from bench_support import private_settings  # noqa: E402
+from bench_support import serving_benchmark  # noqa: E402
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CAPTIONS = ("a handwritten {cls}", "the digit {cls}", "{cls}, written by hand", "a scanned {cls}")
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dualmedia-real-") as tmp:
         folder = Path(tmp) / "digits"
         write_dataset(folder, images, target, split, args.caption_rate)
-        settings = private_settings(Path(tmp) / "home")
+        settings = serving_benchmark().private_settings(Path(tmp) / "home")
         stack = Stack(settings, only=["s3", "mlflow"])
         log("starting a private rclone S3 and MLflow")
         stack.up()

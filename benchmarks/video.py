@@ -71,7 +71,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(HERE))  # bench_support
 
-from bench_support import private_settings  # noqa: E402
+from bench_support import serving_benchmark  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "train" / "default.yaml"
 SECONDS = 3  # every clip's length
@@ -409,7 +409,7 @@ def bench_ingest_s3(
     from dualmedia.storage import ObjectStore
     from ingestion.pipeline import ingest
 
-    settings = private_settings(tmp / "home")
+    settings = serving_benchmark().private_settings(tmp / "home")
     stack = Stack(settings, only=["s3"])
     log("starting a private rclone S3 server")
     stack.up()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,18 @@ from training.models.factory import build_fused_model
 NAMES = ("text", "image", "audio")
 # The frozen text trunk stays in eval mode on purpose (train() filters this warning too).
 pytestmark = pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning")
+
+
+def quiet_trainer(**options: Any) -> pl.Trainer:
+    """A CPU Trainer that logs, checkpoints and prints nothing."""
+    return pl.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        **options,
+    )
 
 
 def presence(rows: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
@@ -168,14 +181,7 @@ def test_training_works_when_items_have_one_modality_only(one_modality_arrays: d
         ("alignment", AlignmentModule(model, config.alignment)),
         ("fusion", FusionModule(model, config.fusion)),
     ):
-        trainer = pl.Trainer(
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            use_distributed_sampler=False,
-        )
+        trainer = quiet_trainer(max_epochs=1)
         trainer.fit(module, datamodule=data)
         losses[name] = float(trainer.callback_metrics["train/loss"])
     assert all(np.isfinite(v) for v in losses.values()), losses
@@ -197,15 +203,7 @@ def test_temperature_is_clamped_after_an_optimizer_step() -> None:
         model.encoder.logit_scale.fill_(9.0)  # far above log(100) = 4.6
     arrays = random_arrays(spec, 32, MediaConfig(), seed=4)
     data = SnapshotDataModule(arrays, arrays, spec, list(NAMES), config.data, MediaConfig())
-    trainer = pl.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-    )
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(AlignmentModule(model, config.alignment), datamodule=data)
     assert float(model.encoder.logit_scale.detach()) == pytest.approx(float(np.log(100)))
 
@@ -221,15 +219,7 @@ def test_label_positives_and_pair_weights_train_and_unknown_pairs_are_refused() 
     )
     module = AlignmentModule(model, stage, data.primary_label)
     assert module.positive_label == data.primary_label == "sentiment"
-    trainer = pl.Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-    )
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     assert np.isfinite(float(trainer.callback_metrics["train/loss"]))
     wrong = config.alignment.model_copy(update={"pair_weights": {"audio_image": 0.2}})
