@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dualmedia import modalities as registry
 from dualmedia.contract import CategoricalLabel, DatasetSpec
+from dualmedia.modalities import MediaConfig
 from dualmedia.modalities.batch import Batch, assemble_batch
 from dualmedia.snapshot import SnapshotArrays
 from training.config import DataConfig
@@ -31,14 +32,14 @@ class MultimodalDataset(Dataset):
         arrays: SnapshotArrays,
         modalities: list[str],
         augment: bool = False,
-        media: Any = None,
+        media: MediaConfig | None = None,
     ) -> None:
         """`media`: the snapshot's media config, whose sections say which augmentations
-        the data allows (needed with `augment`)."""
+        the data allows (default: the defaults, which allow none that changes meaning)."""
         self.arrays = arrays
         self.modalities = modalities
         self.augment = augment
-        self.media = media
+        self.media = media or MediaConfig()
 
     def __len__(self) -> int:
         return len(self.arrays)

@@ -77,7 +77,7 @@ def retrieval_metrics(
             for name, label in model.spec.labels.items():
                 if isinstance(label, CategoricalLabel):
                     results[f"{a}_to_{b}"][f"by_{name}"] = _label_recall(
-                        emb[a], emb[b], arrays.labels[name], qa, cb, ks
+                        emb[a], emb[b], arrays.labels[name], len(label.classes), qa, cb, ks
                     )
     return results
 
@@ -86,6 +86,7 @@ def _label_recall(
     queries: torch.Tensor,
     candidates: torch.Tensor,
     classes: np.ndarray,
+    n_classes: int,
     query_rows: np.ndarray,
     candidate_rows: np.ndarray,
     ks: list[int],
@@ -103,9 +104,8 @@ def _label_recall(
         [int(x) for x in classes[c]],
         ks,
     )
-    n = int(classes.max()) + 1
-    share_q = np.bincount(classes[q], minlength=n) / q.sum()
-    share_c = np.bincount(classes[c], minlength=n) / c.sum()
+    share_q = np.bincount(classes[q], minlength=n_classes) / q.sum()
+    share_c = np.bincount(classes[c], minlength=n_classes) / c.sum()
     return {**{f"R@{k}": v for k, v in recall.items()}, "chance_R@1": float(share_q @ share_c)}
 
 

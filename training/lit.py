@@ -122,7 +122,7 @@ class _StageModule(pl.LightningModule):
                 f"{pair_names(model.modalities)}"
             )
         if stage.positives == "label" and primary_label is None:
-            raise ValueError("positives: label needs a categorical label (data.primary_label)")
+            raise ValueError("positives: label needs a label whose classes group the items")
         self.positive_label = primary_label if stage.positives == "label" else None
         self.clip_loss = ClipLoss(stage.pair_weights)
         self._val_outputs: list[dict[str, Any]] = []

@@ -225,7 +225,7 @@ def test_label_positives_and_pair_weights_train_and_unknown_pairs_are_refused() 
     wrong = config.alignment.model_copy(update={"pair_weights": {"audio_image": 0.2}})
     with pytest.raises(ValueError, match=r"no modality pair \['audio_image'\].*image_audio"):
         AlignmentModule(model, wrong)
-    with pytest.raises(ValueError, match="positives: label needs a categorical label"):
+    with pytest.raises(ValueError, match="positives: label needs a label"):
         AlignmentModule(model, stage, None)
 
 
