@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: install demo test lint format lock clean-stack help browser-setup
+.PHONY: install demo test lint format lock clean-stack help browser-setup real-audio
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,10 +37,25 @@ install: $(STAMP) $(ASSETS_STAMP)  ## create .venv and install the pinned depend
 demo: $(STAMP) $(ASSETS_STAMP)  ## start the local stack and run the demo
 	$(BIN)/python -m synthetic.demo
 
-test: $(STAMP) $(ASSETS_STAMP) browser-setup  ## lint, then run every test (starts real services on free ports)
+test: $(STAMP) $(ASSETS_STAMP) browser-setup $(REAL_AUDIO_STAMP)  ## lint, then run every test (starts real services on free ports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# ---- real recordings (tests/integration/test_real_audio.py) ------------------------------
+# Real speech at telephone rate: Asterisk's prompts read by two speakers (en_US Allison
+# Smith, fr_CA June Wallack; CC-BY-SA-3.0), from Debian's packages, unpacked into
+# .cache/real-audio (apt-get download needs no root).
+REAL_AUDIO := .cache/real-audio
+REAL_AUDIO_STAMP := $(REAL_AUDIO)/.done
+REAL_AUDIO_PACKAGES := asterisk-core-sounds-en-wav=1.6.1-1 asterisk-core-sounds-fr-wav=1.6.1-1
+
+real-audio: $(REAL_AUDIO_STAMP)  ## fetch the real recordings the real-audio test ingests
+$(REAL_AUDIO_STAMP):
+	rm -rf $(REAL_AUDIO) && mkdir -p $(REAL_AUDIO)
+	cd $(REAL_AUDIO) && apt-get download $(REAL_AUDIO_PACKAGES)
+	cd $(REAL_AUDIO) && for deb in *.deb; do dpkg-deb -x "$$deb" . && rm "$$deb"; done
+	touch $@
 
 # ---- browser tests (tests/browser) ------------------------------------------------------
 # Playwright drives Debian's Chromium (`playwright install` needs the internet). Installed

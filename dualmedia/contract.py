@@ -135,6 +135,25 @@ class DatasetSpec(BaseModel):
     prompt_templates: list[str] = Field(
         default_factory=lambda: list(DEFAULT_PROMPT_TEMPLATES), min_length=1, max_length=32
     )
+    # Group-aware split: records sharing this manifest field's value (a speaker, a product)
+    # land in the same split, so "test" means unseen speakers. Records without the field,
+    # and records whose manifest names a split, are split as usual (by id / as named).
+    split_by: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+    @field_validator("split_by")
+    @classmethod
+    def _split_field(cls, field_name: str | None) -> str | None:
+        reserved = {"id", "labels", "split", "created_at", *modalities.names()}
+        if field_name in reserved:
+            raise ValueError(f"split_by names a field with another meaning: {field_name!r}")
+        return field_name
+
+    def split_key(self, record: dict[str, Any]) -> str:
+        """What a record's split is drawn from: its `split_by` group, else its id."""
+        group = record.get(self.split_by) if self.split_by else None
+        if isinstance(group, (str, int)) and not isinstance(group, bool) and str(group):
+            return f"{self.split_by}={group}"
+        return str(record["id"])
 
     @field_validator("prompt_templates")
     @classmethod
@@ -176,8 +195,15 @@ class DatasetSpec(BaseModel):
         < `overrides`, e.g. an ingestion config)."""
         return _sections("bounds", _key(_merge(self.bounds, overrides or {})))
 
-    def media_config(self, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
-        return _sections("media", _key(_merge(self.media, overrides or {})))
+    def media_config(
+        self,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        derived: dict[str, dict[str, Any]] | None = None,
+    ) -> Any:
+        """How this dataset's media are preprocessed: defaults < `derived` (what ingestion
+        chose from the data's own statistics) < dataset.yaml < `overrides`."""
+        layered = _merge(_merge(derived or {}, self.media), overrides or {})
+        return _sections("media", _key(layered))
 
     @model_validator(mode="after")
     def _unique_modalities(self) -> DatasetSpec:

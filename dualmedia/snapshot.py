@@ -76,6 +76,9 @@ class SnapshotInfo:
     # preprocessing): snapshots with the same recipe can share rows.
     recipe: str = ""
     bounds: dict[str, Any] = field(default_factory=dict)  # MediaBounds the records passed
+    # The part of `media` chosen from the data (ingestion/derive.py); a later snapshot
+    # that carries these rows over keeps it.
+    derived_media: dict[str, Any] = field(default_factory=dict)
 
     @property
     def media_config(self) -> MediaConfig:

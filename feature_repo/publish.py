@@ -307,7 +307,7 @@ def publish_batch(
     reused = store.is_committed(segment)
     if not reused:
         source_uri = dataset_uri or Snapshot(store, model_info["snapshot_uri"]).info.source_uri
-        spec, table = accepted_records(store, source_uri, batch)
+        spec, table = accepted_records(store, source_uri, batch, model.media)
         at = datetime.now(UTC).replace(microsecond=0)
         frames = score_snapshot(model, table_to_arrays(table, spec, model.media), version, at)
         if not store.is_committed(offline):

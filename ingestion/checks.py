@@ -65,9 +65,10 @@ class ParsedRecord:
     present: list[str] = field(default_factory=list)  # modality names, canonical order
 
 
-def split_for(record_id: str, fractions: tuple[float, float, float]) -> str:
-    """Deterministic split by id: the same id lands in the same split in every run."""
-    bucket = int(hashlib.sha256(record_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+def split_for(key: str, fractions: tuple[float, float, float]) -> str:
+    """Deterministic split by key (an id, or a group: DatasetSpec.split_key): the same key
+    lands in the same split in every run."""
+    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     if bucket < fractions[0]:
         return "train"
     return "val" if bucket < fractions[0] + fractions[1] else "test"
@@ -209,7 +210,7 @@ def check_media(
         "split": obj.get("split") if obj.get("split") in SPLITS else None,
         "created_at": str(obj["created_at"]) if obj.get("created_at") is not None else None,
     }
-    row["split"] = row["split"] or split_for(record.id, config.split_fractions)
+    row["split"] = row["split"] or split_for(spec.split_key(obj), config.split_fractions)
     labels = obj.get("labels") or {}
     for name in spec.labels:
         value = labels.get(name)
@@ -257,18 +258,21 @@ def _fetch(
         raise Reject(RejectReason(modality.too_large_reason), f"field {m!r}: {exc}") from None
 
 
-def accepted_records(store: Any, dataset_uri: str, batch: str) -> tuple[DatasetSpec, Any]:
+def accepted_records(
+    store: Any, dataset_uri: str, batch: str, media: Any
+) -> tuple[DatasetSpec, Any]:
     """A raw batch's records that ingestion would accept, checked exactly as ingestion
-    checks them, as a records table (dualmedia.snapshot.record_schema); rejected lines
-    are left out. For work on one new batch without a snapshot (the drift monitor's
-    batch window, publishing a batch to search)."""
+    checks them and preprocessed with `media` (the MediaConfig of the model that will read
+    them), as a records table (dualmedia.snapshot.record_schema); rejected lines are left
+    out. For work on one new batch without a snapshot (the drift monitor's batch window,
+    publishing a batch to search)."""
     import pyarrow as pa
 
     from dualmedia.snapshot import record_schema
 
     source = DatasetSource(store, dataset_uri)
     spec = source.spec()
-    config = IngestConfig()
+    config = IngestConfig(media=media.to_dict())  # exactly the model's preprocessing
     found = {b.name: b for b in source.batches()}
     if batch not in found:
         raise ValueError(f"{dataset_uri}: no batch {batch!r}; batches: {sorted(found)}")

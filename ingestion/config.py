@@ -23,6 +23,13 @@ class IngestConfig(BaseModel):
     # {"audio": {"min_duration_s": 0.05}}.
     bounds: dict[str, dict[str, Any]] = Field(default_factory=dict)
     media: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Preprocessing chosen from the data itself (ModalitySpec.derive_media): on by default;
+    # what dataset.yaml or `media` sets wins field by field.
+    derive_media: bool = True
+    # What the plan derived (filled in by plan_ingest, recorded in the snapshot).
+    derived_media: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Media sampled per modality to derive from (the first ones in batch order).
+    derive_sample: int = Field(200, ge=1)
     required_labels: list[str] = Field(default_factory=list)
 
     # Batch-level gates.
@@ -49,7 +56,7 @@ class IngestConfig(BaseModel):
 
     def media_config(self, spec: DatasetSpec) -> Any:
         """How accepted media are preprocessed: MediaConfig, one section per modality."""
-        return spec.media_config(self.media)
+        return spec.media_config(self.media, self.derived_media)
 
     def content_key(self) -> dict[str, object]:
         """The settings that shape a snapshot's content (not its speed)."""

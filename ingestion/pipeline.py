@@ -45,6 +45,7 @@ from dualmedia.snapshot import (
 )
 from dualmedia.storage import ObjectStore, S3Uri
 from ingestion.config import IngestConfig
+from ingestion.derive import derive_media
 from ingestion.runs import IngestError, load_plan, run_prefix
 from ingestion.shards import ShardWriter
 from ingestion.source import DatasetSource
@@ -65,9 +66,10 @@ def _hash(*parts: Any) -> str:
 def plan_ingest(
     dataset_uri: str, settings: Settings, config: IngestConfig | None = None
 ) -> dict[str, Any]:
-    """Read the dataset's spec and batch listing (no records), work out the snapshot id
-    and what is new since the last snapshot. Fails before reading anything else when
-    `dataset.yaml` is missing or invalid."""
+    """Read the dataset's spec and batch listing, choose the preprocessing that follows the
+    data (a sample of the media, only when no earlier snapshot of the recipe fixes it),
+    work out the snapshot id and what is new since the last snapshot. Fails before reading
+    anything else when `dataset.yaml` is missing or invalid."""
     config = config or IngestConfig()
     store = ObjectStore(settings)
     source = DatasetSource(store, dataset_uri)
@@ -80,13 +82,20 @@ def plan_ingest(
     # never share snapshots.
     recipe = _hash(str(source.uri), spec_text, config.content_key(), PREPROCESS_VERSION)[:16]
     fingerprints = {b.name: b.fingerprint for b in batches}
-    snapshot_id = _hash(recipe, fingerprints)[:16]
-    target = snapshot_prefix(settings.lake_bucket, spec.name, snapshot_id)
-    run = run_prefix(settings.lake_bucket, spec.name, snapshot_id)
     previous = latest_snapshot(store, settings.lake_bucket, spec.name, recipe=recipe)
     carried: list[str] = []
     if previous is not None:
         carried = [b for b, fp in fingerprints.items() if previous.info.batches.get(b) == fp]
+        # Rows carried over were preprocessed with these: new rows must match them.
+        derived = previous.info.derived_media
+    elif config.derive_media:
+        derived = derive_media(source, batches, spec, config)
+    else:
+        derived = {}
+    config = config.model_copy(update={"derived_media": derived})
+    snapshot_id = _hash(recipe, fingerprints, derived)[:16]
+    target = snapshot_prefix(settings.lake_bucket, spec.name, snapshot_id)
+    run = run_prefix(settings.lake_bucket, spec.name, snapshot_id)
     new_batches = sorted(set(fingerprints) - set(carried))
     by_name = {b.name: b for b in batches}
     new_records = sum(
@@ -117,6 +126,7 @@ def plan_ingest(
         "new_batches": plan["new_batches"],
         "new_records": new_records,
         "carried_batches": plan["carried_batches"],
+        "derived_media": derived,
     }
 
 
@@ -177,6 +187,7 @@ def publish_snapshot(plan_uri: str, settings: Settings) -> dict[str, Any]:
             source_uri=plan["dataset_uri"],
             media=config.media_config(spec).to_dict(),
             bounds=config.media_bounds(spec).to_dict(),
+            derived_media=config.derived_media,
             batches=plan["batches"],
             counts=split_counts,
             created_at=datetime.now(UTC).isoformat(timespec="microseconds"),

@@ -103,7 +103,7 @@ def batch_window(
     ingestion does, scored by the model. Records ingestion would reject are skipped."""
     from ingestion.checks import accepted_records
 
-    spec, table = accepted_records(ObjectStore(settings), dataset_uri, batch)
+    spec, table = accepted_records(ObjectStore(settings), dataset_uri, batch, model.media)
     arrays = table_to_arrays(table, spec, model.media)
     stats = table.select([c for c in RAW_COLUMNS if c in table.column_names]).to_pandas()
     return scored_window(model, arrays, stats, version, reliability)

@@ -39,8 +39,8 @@ class AudioBounds(Section):
 
 class AudioPreprocess(Section):
     sample_rate: int = 16000
-    n_mels: int = 64
-    n_fft: int = 512
+    n_mels: int = 64  # mel bands from 0 Hz to the Nyquist frequency (sample_rate / 2)
+    n_fft: int = 512  # 32 ms
     hop_length: int = 320  # 20 ms
     clip_s: float = 4.0  # longer clips are cropped (centre), shorter ones padded
 
@@ -141,17 +141,19 @@ def augment_logmel(
     logmel: np.ndarray,
     valid_frames: int,
     rng: np.random.Generator,
-    max_time_mask: int = 20,
-    max_freq_mask: int = 8,
+    time_mask_fraction: float = 0.1,
+    freq_mask_fraction: float = 0.125,
     min_kept_frames: int = 50,
 ) -> tuple[np.ndarray, int]:
-    """Random truncation, then SpecAugment-style masking.
+    """Random truncation, then SpecAugment-style masking scaled to the clip.
 
-    The clip is cut at a random length (at least `min_kept_frames`, 1 s at the default
-    20 ms hop) and the rest set to padding: on small datasets a clip's exact length is a
-    fingerprint that contrastive training memorises instead of learning what is said.
-    Then one time band (within the kept audio) and one mel band are set to the clip's mean,
-    so the encoder cannot rely on any single moment or frequency."""
+    The clip is cut at a random length (at least `min_kept_frames`, 1 s at a 20 ms hop, or
+    all of a shorter clip) and the rest set to padding: on small datasets a clip's exact
+    length is a fingerprint that contrastive training memorises instead of learning what is
+    said. Then one time band of up to `time_mask_fraction` of the kept audio and one mel
+    band of up to `freq_mask_fraction` of the bands are set to the clip's mean, so the
+    encoder cannot rely on any single moment or frequency. Fractions, not frame counts: a
+    fixed 20-frame mask would blank most of a 0.3 s word."""
     out = np.array(logmel, dtype=np.float32, copy=True)
     n_mels, frames = out.shape
     valid = max(1, min(valid_frames, frames))
@@ -160,11 +162,11 @@ def augment_logmel(
         out[:, kept:valid] = SILENCE
         valid = kept
     fill = out[:, :valid].mean()
-    width = int(rng.integers(0, max_time_mask + 1))
+    width = int(rng.integers(0, int(time_mask_fraction * valid) + 1))
     if width and valid > width:
         start = int(rng.integers(0, valid - width))
         out[:, start : start + width] = fill
-    height = int(rng.integers(0, max_freq_mask + 1))
+    height = int(rng.integers(0, int(freq_mask_fraction * n_mels) + 1))
     if height and n_mels > height:
         start = int(rng.integers(0, n_mels - height))
         out[start : start + height, :valid] = fill
@@ -284,6 +286,27 @@ class AudioSpec(ModalitySpec):
             "audio_duration_s": decoded.duration_s,
             "audio_sample_rate": float(decoded.sample_rate),
             "audio_rms_db": 20.0 * float(np.log10(max(rms, 1e-10))),
+        }
+
+    def derive_media(self, stats: list[dict[str, float]]) -> dict[str, Any]:
+        """Rate, window, hop and clip length from the recordings themselves.
+
+        - sample rate: the recordings' median rate when it is below the default 16 kHz
+          (telephone speech at 8 kHz is not upsampled: its mel bands would be empty above
+          4 kHz), with the window (32 ms) and hop (20 ms) kept in time;
+        - clip length: the 95th percentile of the durations, rounded up to 0.5 s, between
+          1 s and the default 4 s, so that half-second words are not 90% padding."""
+        if not stats:
+            return {}
+        default = AudioPreprocess()
+        rate = int(min(default.sample_rate, np.median([s["audio_sample_rate"] for s in stats])))
+        p95 = float(np.percentile([s["audio_duration_s"] for s in stats], 95))
+        clip_s = float(min(default.clip_s, max(1.0, np.ceil(p95 * 2.0) / 2.0)))
+        return {
+            "sample_rate": rate,
+            "n_fft": int(2 ** np.ceil(np.log2(0.032 * rate))),
+            "hop_length": round(0.02 * rate),
+            "clip_s": clip_s,
         }
 
     def preprocess(self, decoded: DecodedAudio, media: Any) -> dict[str, Any]:

@@ -95,3 +95,23 @@ def test_split_is_deterministic_and_roughly_proportional() -> None:
     assert splits == [split_for(f"id-{i}", (0.8, 0.1, 0.1)) for i in range(5000)]
     share = splits.count("train") / len(splits)
     assert 0.77 < share < 0.83
+
+
+def test_a_group_aware_split_keeps_each_speaker_in_one_split() -> None:
+    grouped = parse_dataset_spec(
+        "name: t\nmodalities: [text]\nsplit_by: speaker\n"
+        "labels: {word: {type: categorical, classes: [a, b]}}\n"
+    )
+    records = [{"id": f"r{i}", "speaker": f"s{i % 7}"} for i in range(140)]
+    by_speaker: dict[str, set[str]] = {}
+    for record in records:
+        split = split_for(grouped.split_key(record), (0.6, 0.2, 0.2))
+        by_speaker.setdefault(record["speaker"], set()).add(split)
+    assert all(len(splits) == 1 for splits in by_speaker.values())
+    # By id, the same speakers' records spread over the splits.
+    by_id = {split_for(grouped.split_key({"id": r["id"]}), (0.6, 0.2, 0.2)) for r in records}
+    assert by_id == {"train", "val", "test"}
+    assert grouped.split_key({"id": "x", "speaker": ""}) == "x"  # no group: its own
+    assert SPEC.split_key({"id": "x", "speaker": "s1"}) == "x"  # not declared: by id
+    with pytest.raises(ValueError, match="split_by names a field with another meaning"):
+        parse_dataset_spec("name: t\nmodalities: [text]\nsplit_by: labels\n")

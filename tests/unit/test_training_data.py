@@ -128,7 +128,7 @@ def test_spectrogram_masking_stays_inside_the_real_audio() -> None:
     logmel[:, 100:] = SILENCE  # padding
     kept_lengths = set()
     for _ in range(50):
-        out, valid = augment_logmel(logmel, 100, rng, max_time_mask=30, max_freq_mask=10)
+        out, valid = augment_logmel(logmel, 100, rng, time_mask_fraction=0.3)
         assert np.array_equal(out[:, 100:], logmel[:, 100:])
         assert out.shape == logmel.shape
         # Truncation: a prefix of at least 50 frames is kept, the rest becomes padding.
@@ -137,6 +137,20 @@ def test_spectrogram_masking_stays_inside_the_real_audio() -> None:
         assert 50 <= kept <= 100 and padded[kept:].all() and valid == kept
         kept_lengths.add(kept)
     assert len(kept_lengths) > 10  # the length varies: it is no fingerprint
+
+
+def test_spectrogram_masks_scale_with_a_short_word() -> None:
+    """A 0.3 s word (15 frames) keeps all of itself and loses at most 10% to the time mask."""
+    rng = np.random.default_rng(1)
+    logmel = rng.normal(size=(64, 201)).astype(np.float32) + 5.0
+    logmel[:, 15:] = SILENCE
+    widest = 0
+    for _ in range(200):
+        out, valid = augment_logmel(logmel, 15, rng)
+        assert valid == 15  # shorter than the 1 s floor: never truncated
+        masked_columns = (out[:, :15] != logmel[:, :15]).all(axis=0)
+        widest = max(widest, int(masked_columns.sum()))
+    assert widest <= 1  # int(0.1 * 15) frames at most, not the fixed 20 of old
 
 
 def test_configuration_files_load_and_partial_overrides_keep_defaults(tmp_path: Path) -> None:
