@@ -185,6 +185,8 @@ class _StageModule(pl.LightningModule):
 
 
 class AlignmentModule(_StageModule):
+    # The validation figure the saved model is selected on (training.callbacks.KeepBest).
+    selection = ("val/loss", "min")
     """Stage 1: contrastive alignment of every modality pair (ClipLoss)."""
 
     def __init__(
@@ -245,6 +247,7 @@ def _cat(outputs: list[dict[str, Any]], modality: str) -> tuple[torch.Tensor, to
 
 
 class FusionModule(_StageModule):
+    selection = ("val/macro_f1_mean", "max")
     """Stage 2: fused label heads (+ unimodal heads, + a little contrastive loss)."""
 
     stage: FusionStageConfig

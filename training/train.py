@@ -29,7 +29,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from dualmedia.settings import Settings
 from dualmedia.snapshot import SPLITS, Snapshot, SnapshotArrays
 from dualmedia.storage import ObjectStore, S3Uri
-from training.callbacks import ConsoleProgress
+from training.callbacks import ConsoleProgress, KeepBest
 from training.checkpoints import (
     FINAL_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -109,10 +109,13 @@ class _Run:
     datamodule: SnapshotDataModule
     extra_callbacks: list[Callback] = field(default_factory=list)
 
-    def trainer(self, stage: str, stage_config: StageConfig, run_id: str | None) -> pl.Trainer:
+    def trainer(
+        self, stage: str, stage_config: StageConfig, run_id: str | None, keep_best: KeepBest
+    ) -> pl.Trainer:
         hw = self.config.hardware
         ckpt_dir = self.workdir / stage
         callbacks: list[Callback] = [
+            keep_best,
             ModelCheckpoint(
                 dirpath=ckpt_dir,
                 every_n_train_steps=self.config.checkpoint.every_n_steps,
@@ -167,7 +170,8 @@ class _Run:
         if self.resuming:
             last = download_checkpoint(self.store, self.root, stage, LAST_CHECKPOINT, self.workdir)
         resumed_from = _checkpoint_step(last) if last else 0
-        trainer = self.trainer(stage, stage_config, run_id)
+        keep_best = KeepBest(*module.selection)
+        trainer = self.trainer(stage, stage_config, run_id, keep_best)
         started = time.monotonic()
         trainer.fit(module, datamodule=self.datamodule, ckpt_path=last)
         trainer.save_checkpoint(self.workdir / stage / FINAL_CHECKPOINT)
@@ -177,6 +181,7 @@ class _Run:
             "epochs": int(trainer.current_epoch),
             "seconds": round(time.monotonic() - started, 1),
             "world_size": int(trainer.world_size),  # processes that trained it (DDP)
+            **keep_best.summary(),
         }
         if self.rank0:
             self.state.completed_stages.append(stage)

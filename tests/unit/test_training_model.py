@@ -223,3 +223,23 @@ def test_weights_that_do_not_fit_are_refused(model, tmp_path: Path) -> None:
     rebuilt = build_fused_model(dataset_spec(), MEDIA, tiny_model_config())
     with pytest.raises(ValueError, match="missing"):
         rebuilt.load_trainable_state_dict(state)
+
+
+def test_the_audio_trunk_pools_only_over_patches_that_hold_audio() -> None:
+    from dualmedia.modalities.audio import SILENCE, AudioEncoder
+    from dualmedia.modalities.trunks.audio import AudioTrunk
+
+    trunk = AudioTrunk(AudioEncoder(hidden_size=32, num_layers=1, num_heads=2), MEDIA).eval()
+    frames = MEDIA.audio.frames  # 201 frames: 12 time patches x 4 mel patches
+    mask = trunk.token_mask(torch.tensor([15, 40, frames]))
+    # A 0.3 s word: the 2 summary tokens and the 4 patches of the first time column.
+    assert mask.sum(1).tolist() == [2 + 4, 2 + 4 * 3, 2 + 4 * 12]
+    word = torch.randn(1, MEDIA.audio.n_mels, frames)
+    word[..., 15:] = SILENCE
+    with torch.no_grad():
+        hidden = trunk.model(input_values=word.transpose(1, 2)).last_hidden_state
+        pooled = trunk({"logmel": word, "valid_frames": torch.tensor([15])})
+    assert hidden.shape[1] == mask.shape[1]
+    # Not the mean over every token: the padding columns are left out.
+    assert not torch.allclose(pooled, hidden.mean(1), atol=1e-4)
+    assert torch.allclose(pooled, hidden[:, mask[0]].mean(1), atol=1e-5)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import ASTConfig, ASTModel
 
 from dualmedia.modalities.audio import AudioEncoder
-from dualmedia.modalities.trunks.base import Trunk, load_pretrained
+from dualmedia.modalities.trunks.base import Trunk, load_pretrained, masked_mean
 
 
 class AudioTrunk(Trunk):
@@ -40,6 +40,12 @@ class AudioTrunk(Trunk):
                 f"snapshot has {media.audio.n_mels}"
             )
         self.max_length = int(getattr(self.model.config, "max_length", media.audio.frames))
+        model_config = self.model.config
+        self.time_stride = int(getattr(model_config, "time_stride", config.time_stride))
+        patch = int(getattr(model_config, "patch_size", config.patch_size))
+        frequency_stride = int(getattr(model_config, "frequency_stride", config.frequency_stride))
+        self.frequency_patches = (media.audio.n_mels - patch) // frequency_stride + 1
+        self.time_patches = (self.max_length - patch) // self.time_stride + 1
         self.hidden_size = int(self.model.config.hidden_size)
         # Normalisation of the log-mel input, set from the training data before training
         # (`set_normalisation`); buffers, so they travel with the weights to serving.
@@ -65,4 +71,16 @@ class AudioTrunk(Trunk):
         if frames < self.max_length:
             x = F.pad(x, (0, 0, 0, self.max_length - frames), value=0.0)
         x = x[:, : self.max_length]
-        return self.model(input_values=x).last_hidden_state.mean(dim=1)
+        hidden = self.model(input_values=x).last_hidden_state
+        return masked_mean(hidden, self.token_mask(inputs["valid_frames"]))
+
+    def token_mask(self, valid_frames: torch.Tensor) -> torch.Tensor:
+        """[B, tokens]: the two summary tokens and the patches that start within the audio.
+
+        A half-second word in a 4 s window fills a few of the patch columns; a plain mean
+        over all of them would be mostly padding, and would change with the clip's length."""
+        starts = torch.arange(self.time_patches, device=valid_frames.device) * self.time_stride
+        in_audio = starts[None, :] < valid_frames.clamp(min=1)[:, None]  # [B, time patches]
+        patches = in_audio.repeat(1, self.frequency_patches)  # token order: f * T + t
+        special = torch.ones(len(valid_frames), 2, dtype=torch.bool, device=valid_frames.device)
+        return torch.cat([special, patches], dim=1)
