@@ -27,6 +27,7 @@ from training.models.scoring import (
     disagreement,
     embed_items,
     score_items,
+    zero_shot_prompts,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class InferenceRuntime:
             if hasattr(trunk, "cache_texts"):
                 trunk.cache_texts = False
         self.media: MediaConfig = model.media
+        # Class prompt embeddings from the templates stored with the model (once).
+        self.prompts = zero_shot_prompts(model)
         self.bounds: MediaBounds = model.bounds
         self.catalogue = catalogue
         self.live: LiveCatalogue | None = None  # a catalogue in object storage, growing
@@ -173,6 +176,7 @@ class InferenceRuntime:
                         if m in present
                     },
                     "disagreement": self._disagreement(i, present, scores.unimodal),
+                    "zero_shot": self._zero_shot(i, present, scores.embeddings),
                     "modalities": present,
                     "model_version": self.model_version,
                     # For the served-request log; the handler removes it from the answer.
@@ -183,6 +187,27 @@ class InferenceRuntime:
                 }
             )
         return answers
+
+    def _zero_shot(
+        self, i: int, present: list[str], embeddings: dict[str, np.ndarray]
+    ) -> dict[str, dict[str, Any]]:
+        """label -> modality -> the class whose prompts are nearest to that modality's
+        embedding, with the cosine similarity (every modality but the prompts' own)."""
+        own = self.model.encoder.prompt_modality
+        answer: dict[str, dict[str, Any]] = {}
+        for label, prompts in self.prompts.items():
+            classes = self.model.classes[label]
+            answer[label] = {}
+            for m in present:
+                if m == own:
+                    continue
+                similarity = prompts.numpy() @ embeddings[m][i].astype(np.float32)
+                best = int(similarity.argmax())
+                answer[label][m] = {
+                    "class": classes[best],
+                    "similarity": round(float(similarity[best]), 4),
+                }
+        return answer
 
     def _disagreement(
         self, i: int, present: list[str], unimodal: dict[str, dict[str, np.ndarray]]

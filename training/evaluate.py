@@ -34,7 +34,7 @@ from training.metrics import (
     zero_shot_predictions,
 )
 from training.models.factory import FusedModel
-from training.models.scoring import Scores, fuse, score_arrays
+from training.models.scoring import Scores, fuse, score_arrays, zero_shot_prompts
 from training.plots import plot_confusion_matrices, plot_retrieval_examples
 
 
@@ -109,33 +109,15 @@ def _label_recall(
     return {**{f"R@{k}": v for k, v in recall.items()}, "chance_R@1": float(share_q @ share_c)}
 
 
-@torch.no_grad()
-def class_prompt_embeddings(
-    model: FusedModel, label: str, classes: list[str], templates: list[str]
-) -> torch.Tensor:
-    """One embedding per class: the normalised mean over the prompt templates."""
-    per_class = []
-    for cls in classes:
-        prompts = [t.format(label=label, cls=cls) for t in templates]
-        mean = model.encoder.encode_prompts(prompts).mean(0)
-        per_class.append(mean / mean.norm().clamp(min=1e-6))
-    return torch.stack(per_class).cpu()
-
-
 def zero_shot_metrics(
     model: FusedModel, arrays: SnapshotArrays, scores: Scores
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Each categorical label from text prompts (the templates the model's dataset spec
     stores), per modality other than the prompts' own."""
-    templates = model.spec.prompt_templates
     prompt_modality = model.encoder.prompt_modality
-    if prompt_modality is None:
-        return {}
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for name, label in model.spec.labels.items():
-        if not isinstance(label, CategoricalLabel):
-            continue
-        prompts = class_prompt_embeddings(model, name, label.classes, templates)
+    for name, prompts in zero_shot_prompts(model).items():
+        label = model.spec.labels[name]
         results[name] = {}
         for m in model.modalities:
             if m == prompt_modality:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from serving.runtime import InferenceRuntime
@@ -16,6 +18,7 @@ class FakeModel:
         self.media = None
         self.bounds = None
         self.modalities: list[str] = []  # no trunks: only the disagreement rule is tested
+        self.encoder = SimpleNamespace(prompt_modality=None)  # no zero-shot prompts
 
     def eval(self) -> FakeModel:
         return self

@@ -21,7 +21,8 @@ from dualmedia.modalities.audio import log_mel
 from synthetic import dataset_spec
 from synthetic.fixtures import random_arrays
 from training.config import REPO_CONFIGS, EvalConfig, load_train_config
-from training.evaluate import class_prompt_embeddings, evaluate_arrays, flat_metrics
+from training.evaluate import evaluate_arrays, flat_metrics
+from training.models.scoring import class_prompt_embeddings
 from training.metrics import classification_scores, retrieval_recall
 from training.models.factory import build_fused_model, load_fused_model_dir, save_fused_model
 from training.models.pyfunc import (

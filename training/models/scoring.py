@@ -138,6 +138,35 @@ def score_arrays(model: Any, arrays: Any, batch_size: int = 128) -> Scores:
     return score_items(model, items, arrays.ids, batch_size)
 
 
+@torch.no_grad()
+def class_prompt_embeddings(
+    model: Any, label: str, classes: list[str], templates: list[str]
+) -> torch.Tensor:
+    """One embedding per class: the normalised mean over the prompt templates."""
+    per_class = []
+    for cls in classes:
+        prompts = [t.format(label=label, cls=cls) for t in templates]
+        mean = model.encoder.encode_prompts(prompts).mean(0)
+        per_class.append(mean / mean.norm().clamp(min=1e-6))
+    return torch.stack(per_class).cpu()
+
+
+def zero_shot_prompts(model: Any) -> dict[str, torch.Tensor]:
+    """label -> [classes, dim] class prompt embeddings for every categorical label, from
+    the prompt templates the model stores (its dataset spec); {} without a prompt modality.
+    Evaluation and the serving runtime both ask here."""
+    from dualmedia.contract import CategoricalLabel
+
+    if model.encoder.prompt_modality is None:
+        return {}
+    templates = model.spec.prompt_templates
+    return {
+        name: class_prompt_embeddings(model, name, label.classes, templates)
+        for name, label in model.spec.labels.items()
+        if isinstance(label, CategoricalLabel)
+    }
+
+
 def decode_predictions(
     classes: dict[str, list[str]], probabilities: dict[str, np.ndarray], i: int
 ) -> dict[str, dict[str, Any]]:
