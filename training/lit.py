@@ -185,9 +185,10 @@ class _StageModule(pl.LightningModule):
 
 
 class AlignmentModule(_StageModule):
+    """Stage 1: contrastive alignment of every modality pair (ClipLoss)."""
+
     # The validation figure the saved model is selected on (training.callbacks.KeepBest).
     selection = ("val/loss", "min")
-    """Stage 1: contrastive alignment of every modality pair (ClipLoss)."""
 
     def __init__(
         self, model: FusedModel, stage: StageConfig, primary_label: str | None = None
@@ -247,8 +248,9 @@ def _cat(outputs: list[dict[str, Any]], modality: str) -> tuple[torch.Tensor, to
 
 
 class FusionModule(_StageModule):
-    selection = ("val/macro_f1_mean", "max")
     """Stage 2: fused label heads (+ unimodal heads, + a little contrastive loss)."""
+
+    selection = ("val/macro_f1_mean", "max")
 
     stage: FusionStageConfig
 
