@@ -2,11 +2,17 @@
 
 Trains each stage (alignment, fusion) of the default configuration on the synthetic demo data
 and reports items per second and peak memory for:
+  - today's default against the previous one (`before`: image ViT from scratch, audio cut
+    or padded to 4 s; `default`: the packaged EfficientNet-Lite0 frozen, the audio clip
+    length ingestion derives from the recordings), target 2x the alignment items/s;
   - the Lightning Trainer against a plain PyTorch loop over the same LightningModule's
     training_step, optimiser, schedule, model and batches (target: Lightning within 3%);
-  - the frozen text encoder's cache on (the default) and off: MiniLM dominates CPU time,
-    so the cache is what makes the CPU default train in minutes;
+  - the frozen trunks' output cache on (the default) and off: MiniLM and EfficientNet
+    dominate CPU time, so the cache is what makes the CPU default train in minutes;
   - the precision the hardware gets by default (32-true on CPU, bf16-mixed on GPU).
+Then where an alignment step's time goes, for both configurations: loading the batch
+(augmentation and collation), each modality's trunk and projection, the loss, backward and
+the optimiser step (ms per batch, plain loop, after the warm-up).
 The clock runs from the third batch to the last (setup and warm-up are one-off costs).
 Each variant runs in a fresh process (peak RSS on CPU, peak allocated memory on GPU) and
 the best of `--repeats` runs counts, so a neighbour's burst does not decide a ratio.
@@ -29,17 +35,21 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-# (stage, text cache, loop)
+# (stage, frozen-output cache, loop, configuration)
 # Batches not timed at the start of a run: the Trainer's setup and the first steps' warm-up
 # (allocator, autograd graph caches) are a one-off cost, not the training step's.
 WARMUP_BATCHES = 2
 VARIANTS = (
-    ("alignment", False, "lightning"),
-    ("alignment", True, "lightning"),
-    ("alignment", True, "plain"),
-    ("fusion", True, "lightning"),
-    ("fusion", True, "plain"),
+    ("alignment", True, "lightning", "before"),
+    ("alignment", False, "lightning", "default"),
+    ("alignment", True, "lightning", "default"),
+    ("alignment", True, "plain", "default"),
+    ("fusion", True, "lightning", "before"),
+    ("fusion", True, "lightning", "default"),
+    ("fusion", True, "plain", "default"),
 )
+CONFIGS = ("before", "default")
+PROFILED_BATCHES = 8
 
 
 class StepClock:
@@ -118,15 +128,34 @@ def run_plain(module: Any, loader: Any, epochs: int, device: str, clock: StepClo
             clock.batch_end(len(batch["ids"]))
 
 
-def measure(folder: str, stage: str, cache: bool, loop: str, epochs: int) -> dict[str, Any]:
-    """One variant in this (fresh) process: seconds and peak memory."""
+def derived_media(folder: Path) -> dict[str, dict[str, Any]]:
+    """What ingestion derives from this folder's recordings (ModalitySpec.derive_media on
+    the statistics of the first 200 clips, as ingestion/derive.py samples them)."""
+    from dualmedia import modalities
+    from dualmedia.modalities import MediaBounds
+
+    audio, bounds = modalities.get("audio"), MediaBounds().audio
+    stats = []
+    for batch in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for line in (batch / "manifest.jsonl").read_text().splitlines():
+            path = json.loads(line).get("audio") if line.strip() else None
+            if isinstance(path, str) and len(stats) < 200 and (batch / path).is_file():
+                try:
+                    stats.append(audio.stats(audio.decode((batch / path).read_bytes(), bounds)))
+                except ValueError:
+                    continue  # corrupt on purpose: ingestion skips it too
+    return {"audio": audio.derive_media(stats)}
+
+
+def setup(folder: str, stage: str, cache: bool, config_name: str) -> tuple[Any, Any, Any]:
+    """The configuration, model, stage module and loader of one variant."""
     import logging
 
     import torch
     from torch.utils.data import DataLoader
 
-    from dualmedia.modalities import MediaConfig
-    from synthetic import dataset_spec
+    from dualmedia.contract import load_dataset_spec
+    from dualmedia.modalities.image import ImageEncoder
     from synthetic.fixtures import arrays_from_folder
     from training.config import load_train_config
     from training.data import MultimodalDataset, collate_with
@@ -137,12 +166,19 @@ def measure(folder: str, stage: str, cache: bool, loop: str, epochs: int) -> dic
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     config = load_train_config(REPO / "configs" / "train" / "default.yaml")
-    arrays = arrays_from_folder(Path(folder))
+    spec = load_dataset_spec(Path(folder))
+    if config_name == "before":  # the defaults of 2026-12-03 (session 19)
+        config.model.encoders.image = ImageEncoder(pretrained=None, trainable_layers=None)
+        media = spec.media_config()
+    else:
+        media = spec.media_config(derived=derived_media(Path(folder)))
+    arrays = arrays_from_folder(Path(folder), media=media)
     torch.manual_seed(0)
-    model = build_fused_model(dataset_spec(), MediaConfig(), config.model)
-    model.encoder.trunk("text").cache_texts = cache
+    model = build_fused_model(spec, media, config.model)
+    for m in model.modalities:
+        model.encoder.trunk(m).cache_outputs = cache
     loader = DataLoader(
-        MultimodalDataset(arrays, model.modalities),
+        MultimodalDataset(arrays, model.modalities, augment=config.data.augment, media=media),
         batch_size=config.data.batch_size,
         shuffle=True,
         collate_fn=collate_with(model.media, model.modalities),
@@ -150,10 +186,22 @@ def measure(folder: str, stage: str, cache: bool, loop: str, epochs: int) -> dic
     module_type = AlignmentModule if stage == "alignment" else FusionModule
     module = module_type(model, config.alignment if stage == "alignment" else config.fusion)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if cache:  # what a second epoch sees: every text already encoded once
+    if cache:  # what a later epoch sees: the frozen trunks' outputs already cached
         model.to(device)
         with torch.no_grad():
-            model.encoder.trunk("text")([t for t in arrays.inputs["text"] if t is not None])
+            for batch in loader:
+                model.encoder(module.transfer_batch_to_device(batch, torch.device(device), 0))
+    return config, module, loader
+
+
+def measure(
+    folder: str, stage: str, cache: bool, loop: str, config_name: str, epochs: int
+) -> dict[str, Any]:
+    """One variant in this (fresh) process: seconds and peak memory."""
+    import torch
+
+    config, module, loader = setup(folder, stage, cache, config_name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     clock = StepClock()
@@ -168,14 +216,65 @@ def measure(folder: str, stage: str, cache: bool, loop: str, epochs: int) -> dic
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {
         "stage": stage,
-        "text_cache": cache,
+        "cache": cache,
         "loop": loop,
+        "config": config_name,
         "seconds": round(seconds, 2),
         "items_per_second": round(clock.items / seconds, 1),
         "peak_mb": round(peak_mb, 1),
         "device": device,
         "threads": torch.get_num_threads(),
     }
+
+
+def profile(folder: str, config_name: str) -> dict[str, Any]:
+    """Where an alignment step's time goes (ms per batch): loading, each trunk with its
+    projection (forward), the loss, backward, the optimiser step. Synchronised on a GPU."""
+    import torch
+
+    _, module, loader = setup(folder, "alignment", True, config_name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module.to(device).train()
+    encoder = module.model.encoder
+    optimizer = torch.optim.AdamW(module._groups())
+
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    parts: dict[str, float] = {}
+    timed = 0
+    batches = iter(())
+    for i in range(WARMUP_BATCHES + PROFILED_BATCHES):
+        started = now()
+        raw = next(batches, None)
+        if raw is None:  # a small dataset: another epoch
+            batches = iter(loader)
+            raw = next(batches)
+        batch = module.transfer_batch_to_device(raw, device, 0)
+        marks = {"load": now() - started}
+        embeddings = {}
+        for m in encoder.modalities:
+            started = now()
+            embeddings[m] = encoder.encode(m, batch, batch["present"][m])
+            marks[f"trunk:{m}"] = now() - started
+        started = now()
+        loss, _ = module._contrastive(embeddings, batch["present"], batch["labels"])
+        marks["loss"] = now() - started
+        started = now()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        marks["backward"] = now() - started
+        started = now()
+        optimizer.step()
+        marks["optimiser"] = now() - started
+        if i >= WARMUP_BATCHES:
+            timed += 1
+            for name, seconds in marks.items():
+                parts[name] = parts.get(name, 0.0) + seconds
+    ms = {name: round(1000 * total / timed, 1) for name, total in parts.items()}
+    return {"config": config_name, "ms_per_batch": ms, "total_ms": round(sum(ms.values()), 1)}
 
 
 def main() -> None:
@@ -192,20 +291,26 @@ def main() -> None:
 
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="dualmedia-bench-") as tmp:
-        generate_dataset(Path(tmp) / "ds", args.items, seed=0)
+        folder = str(Path(tmp) / "ds")
+        generate_dataset(Path(folder), args.items, seed=0)
         runs: dict[tuple, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
         # Interleaved, so a slow minute on a shared machine hits every variant alike.
         for _ in range(args.repeats):
             for variant in VARIANTS:
                 with spawn.Pool(1) as pool:
-                    runs[variant].append(
-                        pool.apply(measure, (str(Path(tmp) / "ds"), *variant, args.epochs))
-                    )
+                    runs[variant].append(pool.apply(measure, (folder, *variant, args.epochs)))
+        profiles = []
+        for config_name in CONFIGS:
+            with spawn.Pool(1) as pool:
+                profiles.append(pool.apply(profile, (folder, config_name)))
     rows = [max(rs, key=lambda r: r["items_per_second"]) for rs in runs.values()]
-    by = {(r["stage"], r["text_cache"], r["loop"]): r for r in rows}
+    by = {(r["stage"], r["cache"], r["loop"], r["config"]): r for r in rows}
 
-    def ratio(stage: str, key: str) -> float:
-        return round(by[(stage, True, "lightning")][key] / by[(stage, True, "plain")][key], 3)
+    def ratio(a: tuple, b: tuple, key: str = "items_per_second") -> float:
+        return round(by[a][key] / by[b][key], 3)
+
+    def default(stage: str, loop: str = "lightning") -> tuple:
+        return (stage, True, loop, "default")
 
     report = {
         "device": rows[0]["device"],
@@ -214,39 +319,48 @@ def main() -> None:
         "epochs": args.epochs,
         "repeats": args.repeats,
         "rows": rows,
-        "lightning_vs_plain_throughput": {
-            s: ratio(s, "items_per_second") for s in ("alignment", "fusion")
+        "default_vs_before_throughput": {
+            s: ratio(default(s), (s, True, "lightning", "before")) for s in ("alignment", "fusion")
         },
-        "lightning_vs_plain_peak_memory": {s: ratio(s, "peak_mb") for s in ("alignment", "fusion")},
-        "text_cache_speedup": round(
-            by[("alignment", True, "lightning")]["items_per_second"]
-            / by[("alignment", False, "lightning")]["items_per_second"],
-            2,
-        ),
+        "lightning_vs_plain_throughput": {
+            s: ratio(default(s), default(s, "plain")) for s in ("alignment", "fusion")
+        },
+        "lightning_vs_plain_peak_memory": {
+            s: ratio(default(s), default(s, "plain"), "peak_mb") for s in ("alignment", "fusion")
+        },
+        "cache_speedup": ratio(default("alignment"), ("alignment", False, "lightning", "default")),
+        "alignment_step_profile": profiles,
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(
-        f"default config, {args.items} items x {args.epochs} epoch(s) on {report['device']} "
+        f"{args.items} items x {args.epochs} epoch(s) on {report['device']} "
         f"({report['threads']} threads), best of {args.repeats}"
     )
     print(
-        f"{'stage':<10} {'text cache':>10} {'loop':>10} {'seconds':>8} {'items/s':>8} "
-        f"{'peak MB':>8}"
+        f"{'stage':<10} {'config':>8} {'cache':>6} {'loop':>10} {'seconds':>8} "
+        f"{'items/s':>8} {'peak MB':>8}"
     )
     for r in rows:
         print(
-            f"{r['stage']:<10} {r['text_cache']!s:>10} {r['loop']:>10} {r['seconds']:>8} "
-            f"{r['items_per_second']:>8} {r['peak_mb']:>8}"
+            f"{r['stage']:<10} {r['config']:>8} {r['cache']!s:>6} {r['loop']:>10} "
+            f"{r['seconds']:>8} {r['items_per_second']:>8} {r['peak_mb']:>8}"
         )
     for stage in ("alignment", "fusion"):
         print(
-            f"{stage}: Lightning / plain loop = "
+            f"{stage}: default / before = {report['default_vs_before_throughput'][stage]}x "
+            f"throughput (target 2x for alignment); Lightning / plain loop = "
             f"{report['lightning_vs_plain_throughput'][stage]}x throughput, "
             f"{report['lightning_vs_plain_peak_memory'][stage]}x peak memory (target: within 3%)"
         )
-    print(f"text cache: {report['text_cache_speedup']}x the alignment throughput")
+    print(f"frozen-output cache: {report['cache_speedup']}x the alignment throughput")
+    print("alignment step, ms per batch:")
+    names = list(profiles[0]["ms_per_batch"])
+    print(f"  {'part':<14}" + "".join(f"{p['config']:>10}" for p in profiles))
+    for name in [*names, "total"]:
+        cells = [p["total_ms"] if name == "total" else p["ms_per_batch"][name] for p in profiles]
+        print(f"  {name:<14}" + "".join(f"{c:>10}" for c in cells))
 
 
 if __name__ == "__main__":
