@@ -54,6 +54,9 @@ def _print_summary(r: dict[str, Any]) -> None:
     )
     for reason, count in r["reasons"].items():
         out.print(f"  quarantined {count:>5}  {reason}")
+    for modality, fields in (r.get("derived_media") or {}).items():
+        chosen = ", ".join(f"{k} {v}" for k, v in fields.items())
+        out.print(f"{modality} preprocessing from the data: {chosen} (dataset.yaml media: wins)")
     out.print(f"quarantine: {r['quarantine_uri']}")
     out.print(f"Data Docs:  {r['data_docs_uri']}")
     if r.get("data_docs_local"):

@@ -209,6 +209,7 @@ def publish_snapshot(plan_uri: str, settings: Settings) -> dict[str, Any]:
             "quarantined": len(quarantine_lines),
             "reasons": dict(sorted(reasons.items())),
             "splits": {k: v for k, v in split_counts.items() if k != "total"},
+            "derived_media": config.derived_media,
             "data_docs_uri": str(target.join("data_docs", "index.html")),
             "data_docs_local": validated.get("data_docs_local"),
             "quarantine_uri": str(target.join("quarantine", "quarantine.jsonl")),
