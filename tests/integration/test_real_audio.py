@@ -73,6 +73,7 @@ def test_real_recordings_are_accepted_and_preprocessed_at_their_own_rate(
     media = snapshot.media.audio
     # The recordings' own rate (no empty bands above 4 kHz), a clip that fits them.
     assert snapshot.info.derived_media["audio"]["sample_rate"] == media.sample_rate == 8000
+    assert summary["derived_media"] == snapshot.info.derived_media  # what ingest prints
     assert (media.hop_length, media.n_fft) == (160, 256)
     assert np.percentile(durations, 95) <= media.clip_s < AudioPreprocess().clip_s
     arrays = snapshot.arrays("train")
