@@ -22,7 +22,6 @@ from synthetic import dataset_spec
 from synthetic.fixtures import random_arrays
 from training.config import REPO_CONFIGS, EvalConfig, load_train_config
 from training.evaluate import evaluate_arrays, flat_metrics
-from training.models.scoring import class_prompt_embeddings
 from training.metrics import classification_scores, retrieval_recall
 from training.models.factory import build_fused_model, load_fused_model_dir, save_fused_model
 from training.models.pyfunc import (
@@ -32,6 +31,7 @@ from training.models.pyfunc import (
     model_signature,
     predict_frame,
 )
+from training.models.scoring import class_prompt_embeddings
 
 MEDIA = MediaConfig()
 
