@@ -44,8 +44,10 @@ class InferenceRuntime:
     ) -> None:
         self.model = model.eval()
         self.reliability = reliability
-        for m in model.modalities:  # a server must not grow (frozen trunks' caches)
-            model.encoder.trunk(m).cache_outputs = False
+        for m in model.modalities:  # a server must not grow (the text trunk's cache)
+            trunk = model.encoder.trunk(m)
+            if hasattr(trunk, "cache_texts"):
+                trunk.cache_texts = False
         self.media: MediaConfig = model.media
         # Class prompt embeddings from the templates stored with the model (once).
         self.prompts = zero_shot_prompts(model)

@@ -112,26 +112,3 @@ def test_trainable_layers_tunes_only_the_last_blocks() -> None:
     blocks = model.encoder.trunk("image").model.layers
     tuned = [any(p.requires_grad for p in block.parameters()) for block in blocks]
     assert tuned == [False] * (len(blocks) - 2) + [True, True]
-
-
-def test_a_frozen_image_trunk_runs_the_cnn_once_per_picture(monkeypatch) -> None:
-    from dualmedia.modalities.image import ImageEncoder
-    from dualmedia.modalities.trunks.image import ImageTrunk
-
-    trunk = ImageTrunk(ImageEncoder(), 64).train()  # the default: EfficientNet-Lite0, frozen
-    assert trunk.model_frozen()
-    calls: list[int] = []
-    original = trunk._encode
-    monkeypatch.setattr(trunk, "_encode", lambda x: calls.append(len(x)) or original(x))
-    rng = np.random.default_rng(0)
-    pictures = torch.from_numpy(rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8))
-    batch = torch.stack([pictures[0], pictures[1], pictures[0], pictures[2]])
-    first = trunk(batch)
-    again = trunk(batch.flip(0))  # the same pictures in another order
-    assert calls == [3] and trunk.cache_size() == 3  # three distinct pictures, once each
-    torch.testing.assert_close(again, first.flip(0))
-    trunk.cache_outputs = False  # serving: nothing kept, the same answer
-    torch.testing.assert_close(trunk(batch), first, atol=1e-5, rtol=1e-5)
-    assert calls == [3, 4] and trunk.cache_size() == 3
-    mirrored = trunk(batch[:1].flip(2))
-    assert not torch.allclose(mirrored, first[:1])  # another picture, another output

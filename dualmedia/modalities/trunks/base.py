@@ -10,7 +10,7 @@ is ever downloaded: every load is `local_files_only=True`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -99,60 +99,12 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-6)
 
 
-# Outputs a trunk keeps while its checkpoint is frozen (about 5 KB each at 1280 floats):
-# enough for every item of a large training set, bounded so that nothing grows unseen.
-MAX_CACHED_OUTPUTS = 200_000
-
-
 class Trunk(nn.Module):
-    """Common interface: `hidden_size`, and whether weights come from a frozen checkpoint.
-
-    A frozen checkpoint is a fixed function of its input, so its outputs are cached by
-    input (`cached`): epochs after the first never run it again (MiniLM, EfficientNet
-    dominate CPU time). Serving sets `cache_outputs = False`: its inputs rarely repeat and
-    a server must not grow."""
+    """Common interface: `hidden_size`, and whether weights come from a frozen checkpoint."""
 
     hidden_size: int
     pretrained: str | None
     model: nn.Module
-    cache_outputs: bool = True
-
-    def train(self, mode: bool = True) -> Trunk:
-        super().train(mode)
-        if self.model_frozen():
-            self.model.eval()  # no dropout in a frozen checkpoint: cached outputs stay valid
-        return self
-
-    def model_frozen(self) -> bool:
-        """Whether the checkpoint itself (`model`) trains nothing (other parts may)."""
-        return all(not p.requires_grad for p in self.model.parameters())
-
-    def cached(
-        self, keys: Sequence[Hashable], encode: Callable[[list[int]], torch.Tensor]
-    ) -> torch.Tensor:
-        """`encode(rows)` for the rows whose key has no cached output, then every row's
-        output from the cache ([len(keys), hidden], on the model's device)."""
-        cache: dict[Hashable, torch.Tensor] = self.__dict__.setdefault("_outputs", {})
-        device = next(self.model.parameters()).device
-        if not self.cache_outputs:
-            with torch.no_grad():
-                return encode(list(range(len(keys))))
-        first_row: dict[Hashable, int] = {}
-        for row, key in enumerate(keys):
-            if key not in cache:
-                first_row.setdefault(key, row)
-        if first_row:
-            rows = list(first_row.values())
-            with torch.no_grad():
-                fresh = encode(rows).float().cpu()
-            if len(cache) + len(rows) > MAX_CACHED_OUTPUTS:  # full: answer, do not keep
-                out = {key: fresh[i] for i, key in enumerate(first_row)}
-                return torch.stack([cache.get(k, out.get(k)) for k in keys]).to(device)
-            cache.update(zip(first_row, fresh, strict=True))
-        return torch.stack([cache[k] for k in keys]).to(device)
-
-    def cache_size(self) -> int:
-        return len(self.__dict__.get("_outputs", {}))
 
     def prepare(self, items: list) -> None:
         """Fit whatever the trunk derives from training data (e.g. input normalisation)

@@ -1,9 +1,8 @@
 """The image trunk: a ViT (from scratch on the snapshot's image size, or pretrained) over
-uint8 RGB images, mean-pooled tokens; a frozen checkpoint's outputs are cached by picture."""
+uint8 RGB images, mean-pooled tokens."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -46,15 +45,6 @@ class ImageTrunk(Trunk):
         self._set_trainable(config.trainable_layers)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if not self.model_frozen():
-            return self._encode(pixels)
-        # A frozen checkpoint: outputs cached by the picture's bytes (Trunk.cached).
-        keys = [
-            hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest() for row in pixels.cpu()
-        ]
-        return self.cached(keys, lambda rows: self._encode(pixels[rows]))
-
-    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear")

@@ -1,6 +1,6 @@
 """The text trunk: a pretrained sentence encoder (all-MiniLM-L6-v2 by default), mean
 pooling over real tokens, frozen or last-N-layers tuned; while frozen, pooled outputs are
-cached per text (Trunk.cached)."""
+cached per text."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ class TextTrunk(Trunk):
         self.max_tokens = config.max_tokens
         self.hidden_size = int(self.model.config.hidden_size)
         self._set_trainable(config.trainable_layers)
+        # A frozen trunk is a fixed function of the text: pooled outputs are cached so
+        # epochs after the first never run MiniLM again (it dominates CPU time). Serving
+        # sets `cache_texts = False`: its texts rarely repeat and a server must not grow.
+        self._cache: dict[str, torch.Tensor] = {}
+        self.cache_texts = True
+
+    def train(self, mode: bool = True) -> TextTrunk:
+        super().train(mode)
+        if self.frozen():
+            self.model.eval()  # no dropout in a frozen trunk, so cached outputs stay valid
+        return self
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device
@@ -37,7 +48,18 @@ class TextTrunk(Trunk):
     def forward(self, texts: list[str]) -> torch.Tensor:
         if not self.frozen():
             return self._encode(texts)
-        return self.cached(texts, lambda rows: self._encode_chunked([texts[i] for i in rows]))
+        if not self.cache_texts:
+            with torch.no_grad():
+                return self._encode(texts)
+        missing = sorted({t for t in texts if t not in self._cache})
+        if missing:
+            with torch.no_grad():
+                for start in range(0, len(missing), 256):
+                    chunk = missing[start : start + 256]
+                    pooled = self._encode(chunk).float().cpu()
+                    self._cache.update(zip(chunk, pooled, strict=True))
+        device = next(self.model.parameters()).device
+        return torch.stack([self._cache[t] for t in texts]).to(device)
 
-    def _encode_chunked(self, texts: list[str]) -> torch.Tensor:
-        return torch.cat([self._encode(texts[i : i + 256]) for i in range(0, len(texts), 256)])
+    def cache_size(self) -> int:
+        return len(self._cache)
