@@ -10,9 +10,10 @@ from typing import Any
 
 from dualmedia import modalities
 from dualmedia.contract import DatasetSpec
-from dualmedia.modalities import MediaError, ModalitySpec
+from dualmedia.modalities import ModalitySpec
+from ingestion.checks import Reject, _fetch
 from ingestion.config import IngestConfig
-from ingestion.source import Batch, DatasetSource, MediaMissing, MediaTooLarge
+from ingestion.source import Batch, DatasetSource
 
 
 def derives(spec: ModalitySpec) -> bool:
@@ -27,7 +28,8 @@ def sample_stats(
     bounds: Any,
     limit: int,
 ) -> list[dict[str, float]]:
-    """Statistics of the first `limit` values of `modality` that decode within bounds, in
+    """Statistics of the first `limit` values of `modality` that decode within `bounds`
+    (MediaBounds), fetched as ingestion fetches them, in
     batch and line order (deterministic). Values ingestion would refuse are skipped: they
     are quarantined later with their reason, and must not shape the preprocessing."""
     found: list[dict[str, float]] = []
@@ -37,12 +39,12 @@ def sample_stats(
                 return found
             try:
                 value = json.loads(raw).get(modality.name)
-                if not isinstance(value, str) or not value:
+                if value is None:
                     continue
-                data = source.fetch(source.media_uri(batch, value), modality.max_bytes(bounds))
-                found.append(modality.stats(modality.decode(data, bounds)))
-            except (ValueError, AttributeError, MediaMissing, MediaTooLarge, MediaError):
-                continue  # not JSON, not an object, missing, too large, undecodable
+                data = _fetch(value, modality, bounds, batch, source)  # ingestion's own fetch
+                found.append(modality.stats(modality.decode(data, bounds.section(modality.name))))
+            except (ValueError, AttributeError, Reject):
+                continue  # not JSON, not an object, refused (missing, too large, undecodable)
     return found
 
 
@@ -55,9 +57,7 @@ def derive_media(
     for modality in modalities.specs(spec.modalities):
         if modality.inline or not derives(modality):
             continue
-        stats = sample_stats(
-            source, batches, modality, bounds.section(modality.name), config.derive_sample
-        )
+        stats = sample_stats(source, batches, modality, bounds, config.derive_sample)
         fields = modality.derive_media(stats)
         if fields:
             derived[modality.name] = fields
