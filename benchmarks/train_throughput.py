@@ -128,23 +128,33 @@ def run_plain(module: Any, loader: Any, epochs: int, device: str, clock: StepClo
             clock.batch_end(len(batch["ids"]))
 
 
-def derived_media(folder: Path) -> dict[str, dict[str, Any]]:
-    """What ingestion derives from this folder's recordings (ModalitySpec.derive_media on
-    the statistics of the first 200 clips, as ingestion/derive.py samples them)."""
+def derived_media(folder: Path, spec: Any) -> dict[str, dict[str, Any]]:
+    """What ingestion derives from this local folder (ModalitySpec.derive_media on the
+    statistics of the first values of each media modality that derives anything, read from
+    disk where ingestion/derive.py fetches from object storage)."""
     from dualmedia import modalities
-    from dualmedia.modalities import MediaBounds
+    from dualmedia.modalities import MediaBounds, MediaError
+    from ingestion.derive import derives
 
-    audio, bounds = modalities.get("audio"), MediaBounds().audio
-    stats = []
-    for batch in sorted(p for p in folder.iterdir() if p.is_dir()):
-        for line in (batch / "manifest.jsonl").read_text().splitlines():
-            path = json.loads(line).get("audio") if line.strip() else None
-            if isinstance(path, str) and len(stats) < 200 and (batch / path).is_file():
+    bounds, derived = MediaBounds(), {}
+    manifests = sorted(folder.glob("*/manifest.jsonl"))
+    for modality in modalities.specs(spec.modalities):
+        if modality.inline or not derives(modality):
+            continue
+        stats: list[dict[str, float]] = []
+        for manifest in manifests:
+            for line in filter(str.strip, manifest.read_text().splitlines()):
+                path = json.loads(line).get(modality.name)
+                file = manifest.parent / path if isinstance(path, str) else None
+                if file is None or not file.is_file() or len(stats) >= 200:
+                    continue
                 try:
-                    stats.append(audio.stats(audio.decode((batch / path).read_bytes(), bounds)))
-                except ValueError:
+                    section = bounds.section(modality.name)
+                    stats.append(modality.stats(modality.decode(file.read_bytes(), section)))
+                except MediaError:
                     continue  # corrupt on purpose: ingestion skips it too
-    return {"audio": audio.derive_media(stats)}
+        derived[modality.name] = modality.derive_media(stats)
+    return derived
 
 
 def setup(folder: str, stage: str, cache: bool, config_name: str) -> tuple[Any, Any, Any]:
@@ -171,7 +181,7 @@ def setup(folder: str, stage: str, cache: bool, config_name: str) -> tuple[Any, 
         config.model.encoders.image = ImageEncoder(pretrained=None, trainable_layers=None)
         media = spec.media_config()
     else:
-        media = spec.media_config(derived=derived_media(Path(folder)))
+        media = spec.media_config(derived=derived_media(Path(folder), spec))
     arrays = arrays_from_folder(Path(folder), media=media)
     torch.manual_seed(0)
     model = build_fused_model(spec, media, config.model)
