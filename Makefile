@@ -37,7 +37,7 @@ install: $(STAMP) $(ASSETS_STAMP)  ## create .venv and install the pinned depend
 demo: $(STAMP) $(ASSETS_STAMP)  ## start the local stack and run the demo
 	$(BIN)/python -m synthetic.demo
 
-test: $(STAMP) $(ASSETS_STAMP) browser-setup $(REAL_AUDIO_STAMP)  ## lint, then run every test (starts real services on free ports)
+test: $(STAMP) $(ASSETS_STAMP) browser-setup $(REAL_AUDIO_PROBE)  ## lint, then run every test (starts real services on free ports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -47,14 +47,16 @@ test: $(STAMP) $(ASSETS_STAMP) browser-setup $(REAL_AUDIO_STAMP)  ## lint, then 
 # Smith, fr_CA June Wallack; CC-BY-SA-3.0), from Debian's packages, unpacked into
 # .cache/real-audio (apt-get download needs no root).
 REAL_AUDIO := .cache/real-audio
-REAL_AUDIO_STAMP := $(REAL_AUDIO)/.done
+# The target is a recording itself, not a stamp: a stamp can outlive the files it vouches for.
+REAL_AUDIO_PROBE := $(REAL_AUDIO)/usr/share/asterisk/sounds/fr_CA_f_June/digits/9.wav
 REAL_AUDIO_PACKAGES := asterisk-core-sounds-en-wav=1.6.1-1 asterisk-core-sounds-fr-wav=1.6.1-1
 
-real-audio: $(REAL_AUDIO_STAMP)  ## fetch the real recordings the real-audio test ingests
-$(REAL_AUDIO_STAMP):
+real-audio: $(REAL_AUDIO_PROBE)  ## fetch the real recordings the real-audio test ingests
+$(REAL_AUDIO_PROBE):
 	rm -rf $(REAL_AUDIO) && mkdir -p $(REAL_AUDIO)
 	cd $(REAL_AUDIO) && apt-get download $(REAL_AUDIO_PACKAGES)
 	cd $(REAL_AUDIO) && for deb in *.deb; do dpkg-deb -x "$$deb" . && rm "$$deb"; done
+	@test -f $@ || { echo "real-audio: $@ is not in the packages"; exit 1; }
 	touch $@
 
 # ---- browser tests (tests/browser) ------------------------------------------------------

@@ -91,6 +91,11 @@ class InferenceRuntime:
             runtime.catalogue = runtime.live.catalogue
         return runtime
 
+    def close(self) -> None:
+        """Stop following the live catalogue (its background thread)."""
+        if self.live is not None:
+            self.live.close()
+
     @property
     def modalities(self) -> list[str]:
         return list(self.model.modalities)

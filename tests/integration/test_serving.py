@@ -71,17 +71,20 @@ def test_deploy_serves_every_endpoint_and_matches_in_process(served: dict) -> No
         ],
         "search": [{"query": {"image": b64_png()}, "target": "text", "k": 4}],
     }
-    for task, task_bodies in bodies.items():
-        for body in task_bodies:
-            response = client.predict(task, body)
-            assert response.status_code == 200, response.text
-            served_answer = response.json()
-            local = runtime.answer(
-                task,
-                [parse_request(task, {"body": body}, runtime.media, catalogue, runtime.bounds)],
-            )[0]
-            local.pop("_embeddings", None)
-            _assert_close(served_answer, local)
+    try:
+        for task, task_bodies in bodies.items():
+            for body in task_bodies:
+                response = client.predict(task, body)
+                assert response.status_code == 200, response.text
+                served_answer = response.json()
+                request = parse_request(
+                    task, {"body": body}, runtime.media, catalogue, runtime.bounds
+                )
+                local = runtime.answer(task, [request])[0]
+                local.pop("_embeddings", None)
+                _assert_close(served_answer, local)
+    finally:
+        runtime.close()  # its catalogue thread must not outlive the test's object store
 
 
 def _unpacked(served: dict, version: str) -> Path:
