@@ -58,7 +58,8 @@ def derive_media(
         if modality.inline or not derives(modality):
             continue
         stats = sample_stats(source, batches, modality, bounds, config.derive_sample)
-        fields = modality.derive_media(stats)
+        declared = {**spec.media.get(modality.name, {}), **config.media.get(modality.name, {})}
+        fields = modality.derive_media(stats, declared)
         if fields:
             derived[modality.name] = fields
     return derived

@@ -159,11 +159,14 @@ class ModalitySpec(ABC):
     def stats(self, decoded: Any) -> dict[str, float]:
         """Raw-field statistics of a decoded value (keys: `stat_columns`)."""
 
-    def derive_media(self, stats: list[dict[str, float]]) -> dict[str, Any]:
+    def derive_media(
+        self, stats: list[dict[str, float]], declared: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Preprocessing fields chosen from a sample of the dataset's own media (`stats`:
         one `stats()` dict per sampled value), e.g. audio at its native rate when that is
-        below the model's. Ingestion records them in the snapshot; dataset.yaml `media:`
-        overrides any of them. Default: nothing derived."""
+        below the model's; `declared`: this modality's fields that dataset.yaml and the
+        ingest configuration set (they may decide what applies). Ingestion records them
+        in the snapshot; the declared fields override any of them. Default: nothing."""
         return {}
 
     # ---- model input ----------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Real recordings through the real ingestion: Asterisk's telephone prompts (8 kHz speech,
-two speakers; `make real-audio` fetches them from Debian's packages). Every recording is
+four speakers; `make real-audio` fetches them from Debian's packages). Every recording is
 accepted, the preprocessing follows the recordings (their 8 kHz rate, a clip length from
 their durations) unless dataset.yaml says otherwise, and `split_by` keeps a group of
-records in one split."""
+records in one split. The packaged Whisper encoder tells the same prompt read by two
+speakers apart from the others, where log-mel statistics cannot."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from dualmedia.datasets import upload_dataset
+from dualmedia.modalities import MediaBounds, MediaConfig
 from dualmedia.modalities.audio import SILENCE, AudioPreprocess, DecodedAudio, log_mel
 from dualmedia.settings import Settings
 from dualmedia.snapshot import SPLITS, Snapshot
@@ -62,7 +65,8 @@ def test_real_recordings_are_accepted_and_preprocessed_at_their_own_rate(
     s3_settings: Settings, tmp_path: Path
 ) -> None:
     store = ObjectStore(s3_settings)
-    total = write_dataset(tmp_path / "calls")
+    # The from-scratch trunk's features, whose rate, window and hop follow the data.
+    total = write_dataset(tmp_path / "calls", media="media: {audio: {features: logmel}}\n")
     uri = f"s3://{s3_settings.raw_bucket}/real-telephone"
     upload_dataset(tmp_path / "calls", uri, store)
     summary = ingest(uri, s3_settings)
@@ -83,7 +87,7 @@ def test_real_recordings_are_accepted_and_preprocessed_at_their_own_rate(
     # The upper mel bands hold speech; at the fixed 16 kHz default they held nothing.
     top = np.mean([x["logmel"][-8:, : x["valid_frames"]].mean() for x in items])
     samples, rate = sf.read(str(recordings()[0][1]), dtype="float32")
-    fixed, valid = log_mel(DecodedAudio(samples, rate), AudioPreprocess())
+    fixed, valid = log_mel(DecodedAudio(samples, rate), AudioPreprocess(features="logmel"))
     assert top > SILENCE + 3.0 and top > fixed[-8:, :valid].mean() + 3.0
     # Group-aware split: a word said by both speakers lands in one split.
     split_of_word: dict[str, set[str]] = {}
@@ -98,9 +102,70 @@ def test_real_recordings_are_accepted_and_preprocessed_at_their_own_rate(
 
 def test_dataset_yaml_overrides_what_is_derived(s3_settings: Settings, tmp_path: Path) -> None:
     store = ObjectStore(s3_settings)
-    write_dataset(tmp_path / "calls", media="media: {audio: {clip_s: 2.5}}\n")
+    write_dataset(tmp_path / "calls", media="media: {audio: {features: logmel, clip_s: 2.5}}\n")
     uri = f"s3://{s3_settings.raw_bucket}/real-telephone-fixed-clip"
     upload_dataset(tmp_path / "calls", uri, store)
     snapshot = Snapshot(store, ingest(uri, s3_settings)["snapshot_uri"])
     assert snapshot.media.audio.clip_s == 2.5  # the dataset's choice
     assert snapshot.media.audio.sample_rate == 8000  # still derived
+
+
+def test_by_default_whispers_front_end_and_a_clip_derived_from_the_recordings(
+    s3_settings: Settings, tmp_path: Path
+) -> None:
+    store = ObjectStore(s3_settings)
+    write_dataset(tmp_path / "calls")  # nothing said about media
+    uri = f"s3://{s3_settings.raw_bucket}/real-telephone-whisper"
+    upload_dataset(tmp_path / "calls", uri, store)
+    snapshot = Snapshot(store, ingest(uri, s3_settings)["snapshot_uri"])
+    media = snapshot.media.audio
+    assert media.features == "whisper"
+    assert (media.sample_rate, media.n_fft, media.hop_length, media.n_mels) == (16000, 400, 160, 80)
+    assert snapshot.info.derived_media["audio"] == {"clip_s": media.clip_s} and media.clip_s < 4
+    item = next(x for x in snapshot.arrays("train").inputs["audio"] if x is not None)
+    assert item["logmel"].shape == (80, media.frames)
+
+
+def test_the_whisper_encoder_hears_what_is_said_not_who_says_it() -> None:
+    """Two Italian speakers (a man, a woman) read the same prompts: for each of the man's
+    recordings, is the woman's recording of the same prompt the nearest? By what is said,
+    Whisper's pooled encoder finds it; statistics of the log-mel (what a linear baseline
+    sees) mostly find recordings that merely sound alike."""
+    from dualmedia.modalities.audio import SPEC, WHISPER_TINY_EN, AudioEncoder
+    from dualmedia.modalities.trunks.audio import WhisperTrunk
+
+    her, him = SOUNDS / "it_IT_f_Menardi", SOUNDS / "it_IT_m_Carlo"
+    prompts = sorted(
+        str(p.relative_to(her))
+        for p in (her / "digits").glob("*.wav")
+        if (him / "digits" / p.name).exists()
+    )
+    assert len(prompts) >= 60, prompts
+    whisper_media = MediaConfig.model_validate({"audio": {"features": "whisper", "clip_s": 2.0}})
+    logmel_media = MediaConfig.model_validate(
+        {"audio": {"features": "logmel", "sample_rate": 8000, "n_fft": 256}}
+    )
+    trunk = WhisperTrunk(
+        AudioEncoder(pretrained=WHISPER_TINY_EN, trainable_layers=0), whisper_media
+    )
+
+    def embed(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        decoded = [SPEC.decode((folder / p).read_bytes(), MediaBounds().audio) for p in prompts]
+        batch = SPEC.collate([SPEC.preprocess(d, whisper_media) for d in decoded], whisper_media)
+        with torch.no_grad():
+            pooled = trunk(batch).numpy()
+        stats = []
+        for d in decoded:
+            x = SPEC.preprocess(d, logmel_media)
+            spec = x["logmel"][:, : x["valid_frames"]]
+            stats.append(np.concatenate([spec.mean(1), spec.std(1)]))
+        return pooled, np.array(stats)
+
+    def recall_at_1(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = (x - x.mean(0) for x in (a, b))  # each speaker centred on themselves
+        a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
+        return float(np.mean((b @ a.T).argmax(1) == np.arange(len(a))))
+
+    (her_whisper, her_stats), (his_whisper, his_stats) = embed(her), embed(him)
+    by_whisper, by_stats = recall_at_1(her_whisper, his_whisper), recall_at_1(her_stats, his_stats)
+    assert by_whisper >= 0.5 and by_whisper >= 3 * by_stats, (by_whisper, by_stats, len(prompts))

@@ -157,7 +157,8 @@ def test_model_is_logged_with_signature_and_safetensors_weights(
     weights = next(local.rglob("weights.safetensors"))
     description = json.loads(next(local.rglob("model.json")).read_text())
     assert set(description["labels"]) == {"sentiment", "category", "damaged", "mismatch"}
-    assert description["media"]["audio"]["n_mels"] == 64
+    assert description["media"]["audio"]["features"] == "whisper"
+    assert description["media"]["audio"]["n_mels"] == 80
     assert description["bounds"]["audio"]["min_duration_s"] == 0.1
     assert "fusion.gate.weight" in load_file(str(weights))
     assert any(local.rglob("input_example.json"))

@@ -165,14 +165,17 @@ def test_audio_preprocessing_follows_the_recordings() -> None:
     audio = modalities.get("audio")
     # Telephone words: 8 kHz, 0.3-0.9 s.
     words = [{"audio_sample_rate": 8000.0, "audio_duration_s": 0.3 + i / 100} for i in range(60)]
-    assert audio.derive_media(words) == {
+    # Whisper's front end (the default) is fixed: only the clip follows the recordings.
+    assert audio.derive_media(words) == {"clip_s": 1.0}
+    logmel = {"features": "logmel"}
+    assert audio.derive_media(words, logmel) == {
         "sample_rate": 8000,  # not upsampled: no empty bands above 4 kHz
         "n_fft": 256,  # 32 ms window, 20 ms hop, as at 16 kHz
         "hop_length": 160,
         "clip_s": 1.0,  # not 4 s of mostly padding
     }
     notes = [{"audio_sample_rate": 44100.0, "audio_duration_s": 1.0 + i / 10} for i in range(60)]
-    derived = audio.derive_media(notes)
+    derived = audio.derive_media(notes, logmel)
     assert derived["sample_rate"] == 16000 and derived["hop_length"] == 320
     assert derived["clip_s"] == 4.0  # long recordings: the default cap
     assert audio.derive_media([]) == {}

@@ -657,8 +657,8 @@ def test_colour_and_product_tie_an_items_modalities_together(
     assert image_accuracy > 0.6, image_accuracy
 
     # Voice: the opening words are decodable from the log-mel of the first 1.2 s (chance is
-    # 1/12 for the colour and 1/5 for the product).
-    config = MediaConfig().audio
+    # 1/12 for the colour and 1/5 for the product), at 20 ms a frame.
+    config = MediaConfig.model_validate({"audio": {"features": "logmel"}}).audio
     audio, bounds = modalities.get("audio"), MediaBounds().audio
     openings = np.array(
         [

@@ -229,12 +229,15 @@ def test_the_audio_trunk_pools_only_over_patches_that_hold_audio() -> None:
     from dualmedia.modalities.audio import SILENCE, AudioEncoder
     from dualmedia.modalities.trunks.audio import AudioTrunk
 
-    trunk = AudioTrunk(AudioEncoder(hidden_size=32, num_layers=1, num_heads=2), MEDIA).eval()
-    frames = MEDIA.audio.frames  # 201 frames: 12 time patches x 4 mel patches
+    media = MediaConfig.model_validate({"audio": {"features": "logmel"}})  # 64 bands, 20 ms
+    scratch = AudioEncoder(pretrained=None, trainable_layers=None, hidden_size=32, num_layers=1,
+                           num_heads=2)  # fmt: skip
+    trunk = AudioTrunk(scratch, media).eval()
+    frames = media.audio.frames  # 201 frames: 12 time patches x 4 mel patches
     mask = trunk.token_mask(torch.tensor([15, 40, frames]))
     # A 0.3 s word: the 2 summary tokens and the 4 patches of the first time column.
     assert mask.sum(1).tolist() == [2 + 4, 2 + 4 * 3, 2 + 4 * 12]
-    word = torch.randn(1, MEDIA.audio.n_mels, frames)
+    word = torch.randn(1, media.audio.n_mels, frames)
     word[..., 15:] = SILENCE
     with torch.no_grad():
         hidden = trunk.model(input_values=word.transpose(1, 2)).last_hidden_state

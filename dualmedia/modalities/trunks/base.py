@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from dualmedia.modalities.trunks import efficientnet
+from dualmedia.modalities.trunks import efficientnet, whisper
 
 hf_logging.disable_progress_bar()
 
@@ -32,6 +32,7 @@ hf_logging.disable_progress_bar()
 # module name after `pkg:` -> the architecture loaded with those weights.
 PACKAGED_MODELS: dict[str, Callable[[], nn.Module]] = {
     efficientnet.PACKAGE: efficientnet.EfficientNetLite0.from_package,
+    whisper.PACKAGE: whisper.WhisperAudioEncoder.from_package,
 }
 
 

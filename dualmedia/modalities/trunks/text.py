@@ -27,9 +27,9 @@ class TextTrunk(Trunk):
         self._set_trainable(config.trainable_layers)
         # A frozen trunk is a fixed function of the text: pooled outputs are cached so
         # epochs after the first never run MiniLM again (it dominates CPU time). Serving
-        # sets `cache_texts = False`: its texts rarely repeat and a server must not grow.
+        # sets `cache_outputs = False`: its inputs rarely repeat and a server must not grow.
         self._cache: dict[str, torch.Tensor] = {}
-        self.cache_texts = True
+        self.cache_outputs = True
 
     def train(self, mode: bool = True) -> TextTrunk:
         super().train(mode)
@@ -48,7 +48,7 @@ class TextTrunk(Trunk):
     def forward(self, texts: list[str]) -> torch.Tensor:
         if not self.frozen():
             return self._encode(texts)
-        if not self.cache_texts:
+        if not self.cache_outputs:
             with torch.no_grad():
                 return self._encode(texts)
         missing = sorted({t for t in texts if t not in self._cache})
