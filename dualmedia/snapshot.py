@@ -82,7 +82,7 @@ class SnapshotInfo:
 
     @property
     def media_config(self) -> MediaConfig:
-        return MediaConfig.from_dict(self.media)
+        return MediaConfig.from_recorded(self.media)
 
     @property
     def media_bounds(self) -> MediaBounds:

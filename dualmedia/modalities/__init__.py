@@ -113,6 +113,17 @@ class _Sections(BaseModel):
     def from_dict(cls, data: dict[str, Any] | None) -> Any:
         return cls.model_validate(data or {})
 
+    @classmethod
+    def from_recorded(cls, data: dict[str, Any] | None) -> Any:
+        """What a snapshot.json or model.json recorded (`to_dict`), each section read as it
+        meant when written (`Section.recorded`), so an older snapshot or model loads as it
+        was made."""
+        data = dict(data or {})
+        for name, field in cls.model_fields.items():
+            if isinstance(data.get(name), dict):
+                data[name] = field.annotation.recorded(data[name])
+        return cls.model_validate(data)
+
     def section(self, modality: str) -> Any:
         return getattr(self, get(modality).name)
 

@@ -59,6 +59,11 @@ class AudioPreprocess(Section):
     # `logmel`, off for `whisper` (a frozen encoder's outputs are cached per clip).
     spec_augment: bool = True
 
+    @classmethod
+    def recorded(cls, data: dict[str, Any]) -> dict[str, Any]:
+        # Snapshots and models recorded before `features` existed were log-mel.
+        return data if "features" in data else {**data, "features": "logmel"}
+
     @model_validator(mode="before")
     @classmethod
     def _whisper_front_end(cls, data: Any) -> Any:

@@ -50,6 +50,12 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @classmethod
+    def recorded(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A section as a snapshot or model recorded it (a full dump), read as what it meant
+        when it was written: a field added later gets the value that was implied then."""
+        return data
+
 
 class EncoderConfig(BaseModel):
     """Fields every trunk has: a checkpoint (`pretrained`) or a small transformer from

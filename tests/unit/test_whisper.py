@@ -193,3 +193,16 @@ def test_a_server_loads_it_from_the_saved_model_and_keeps_no_cache(tmp_path: Pat
     assert served["modality"] == "audio"
     np.testing.assert_allclose(served["embedding"], expected, atol=1e-5)
     assert runtime.model.encoder.trunk("audio").cache_size() == 0  # a server must not grow
+
+
+def test_a_snapshot_or_model_recorded_before_whisper_features_loads_as_log_mel() -> None:
+    today = MediaConfig().to_dict()
+    assert MediaConfig.from_recorded(today) == MediaConfig()  # whisper, round trip
+    older = {**today, "audio": {k: v for k, v in today["audio"].items()
+                                if k not in ("features", "spec_augment")}}  # fmt: skip
+    older["audio"].update(n_mels=64, n_fft=512, hop_length=320)  # what they recorded
+    recorded = MediaConfig.from_recorded(older).audio
+    assert (recorded.features, recorded.n_mels, recorded.hop_length) == ("logmel", 64, 320)
+    assert recorded.spec_augment  # as they trained
+    # A dataset.yaml's partial section is not a record: a missing field is today's default.
+    assert MediaConfig.from_dict({"audio": {"clip_s": 2.0}}).audio.features == "whisper"

@@ -124,7 +124,7 @@ def model_from_description(description: dict[str, Any]) -> FusedModel:
         raise ValueError(f"model.json format {version!r} is not supported ({FORMAT_VERSION})")
     return build_fused_model(
         DatasetSpec.model_validate(description["dataset_spec"]),
-        MediaConfig.from_dict(description["media"]),
+        MediaConfig.from_recorded(description["media"]),
         ModelConfig.model_validate(description["model"]),
         MediaBounds.from_dict(description.get("bounds")),
     )
