@@ -190,9 +190,8 @@ def setup(folder: str, stage: str, cache: bool, config_name: str) -> tuple[Any, 
     arrays = arrays_from_folder(Path(folder), media=media)
     torch.manual_seed(0)
     model = build_fused_model(spec, media, config.model)
+    model.encoder.cache_outputs(cache)
     cached = [m for m in model.modalities if hasattr(model.encoder.trunk(m), "cache_outputs")]
-    for m in cached:
-        model.encoder.trunk(m).cache_outputs = cache
     loader = DataLoader(
         MultimodalDataset(arrays, model.modalities, augment=config.data.augment, media=media),
         batch_size=config.data.batch_size,

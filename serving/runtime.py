@@ -44,10 +44,7 @@ class InferenceRuntime:
     ) -> None:
         self.model = model.eval()
         self.reliability = reliability
-        for m in model.modalities:  # a server must not grow (the text trunk's cache)
-            trunk = model.encoder.trunk(m)
-            if hasattr(trunk, "cache_outputs"):
-                trunk.cache_outputs = False
+        model.encoder.cache_outputs(False)
         self.media: MediaConfig = model.media
         # Class prompt embeddings from the templates stored with the model (once).
         self.prompts = zero_shot_prompts(model)

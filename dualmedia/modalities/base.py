@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class MediaError(ValueError):
@@ -73,6 +73,23 @@ class EncoderConfig(BaseModel):
     num_heads: int = 4
     mlp_ratio: int = 2
     dropout: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scratch_trains_every_layer(cls, data: Any) -> Any:
+        """From scratch (`pretrained: null`) every layer trains: a modality's default
+        `trainable_layers: 0`, meant for its packaged checkpoint, must not freeze a random
+        network."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("pretrained", cls.model_fields["pretrained"].default) is not None:
+            return data
+        if data.get("trainable_layers") is not None:
+            raise ValueError(
+                "trainable_layers applies to a pretrained encoder; from scratch "
+                "(pretrained: null) every layer trains"
+            )
+        return {**data, "trainable_layers": None}
 
     def transformer_sizes(self) -> dict[str, Any]:
         """These sizes as Hugging Face transformer config arguments (ViT, AST, ...)."""

@@ -48,12 +48,13 @@ def test_the_features_are_whispers() -> None:
     assert np.all(ours[:, valid:] == ours.min())
 
 
-def test_whisper_features_fix_the_front_end_whatever_was_derived() -> None:
-    config = audio.AudioPreprocess.model_validate(
-        {"features": "whisper", "sample_rate": 8000, "n_fft": 256, "hop_length": 160}
-    )
+def test_whisper_features_fix_the_front_end_and_refuse_another() -> None:
+    config = audio.AudioPreprocess.model_validate({"features": "whisper", "hop_length": 160})
     assert (config.sample_rate, config.n_fft, config.hop_length, config.n_mels) == (
         16000, 400, 160, 80)  # fmt: skip
+    assert config.frames == 400  # 4 s: one frame per hop, as Whisper (30 s: 3000)
+    with pytest.raises(ValueError, match="sample_rate: 8000 does not apply"):
+        audio.AudioPreprocess.model_validate({"sample_rate": 8000})
     assert audio.AudioPreprocess().n_mels == 80  # Whisper's features are the default
     logmel = audio.AudioPreprocess(features="logmel", sample_rate=8000)
     assert (logmel.sample_rate, logmel.n_mels, logmel.spec_augment) == (8000, 64, True)
@@ -108,7 +109,7 @@ def test_the_encoder_is_transformers_whisper_encoder_with_those_weights(
     short = torch.from_numpy(audio.log_mel(audio.DecodedAudio(speech_like(1.5), 16000),
                                            WHISPER_MEDIA.audio)[0])[None]  # fmt: skip
     with torch.no_grad():
-        assert network(input_features=short).last_hidden_state.shape == (1, 76, whisper.WIDTH)
+        assert network(input_features=short).last_hidden_state.shape == (1, 75, whisper.WIDTH)
 
 
 def spec() -> DatasetSpec:
@@ -139,7 +140,7 @@ def test_the_audio_trunk_loads_it_frozen_pools_the_audio_and_saves_without_it(
     clips = [speech_like(0.6, seed=1), speech_like(1.2, seed=2)]
     items = [audio.SPEC.preprocess(audio.DecodedAudio(x, 16000), WHISPER_MEDIA) for x in clips]
     batch = audio.SPEC.collate(items, WHISPER_MEDIA)
-    assert batch["logmel"].shape == (2, 80, 151)
+    assert batch["logmel"].shape == (2, 80, 150)
     saved = save_fused_model(model, tmp_path)
     weights = sum(f.stat().st_size for f in tmp_path.rglob("*.safetensors"))
     assert weights < 5_000_000, (saved, weights)  # the 75 MB checkpoint is not copied
@@ -206,3 +207,11 @@ def test_a_snapshot_or_model_recorded_before_whisper_features_loads_as_log_mel()
     assert recorded.spec_augment  # as they trained
     # A dataset.yaml's partial section is not a record: a missing field is today's default.
     assert MediaConfig.from_dict({"audio": {"clip_s": 2.0}}).audio.features == "whisper"
+
+
+def test_from_scratch_every_layer_trains_whatever_the_modalitys_default() -> None:
+    scratch = audio.AudioEncoder(pretrained=None)
+    assert scratch.trainable_layers is None  # not the packaged encoder's frozen default
+    assert audio.AudioEncoder().trainable_layers == 0  # Whisper, frozen
+    with pytest.raises(ValueError, match="applies to a pretrained encoder"):
+        audio.AudioEncoder(pretrained=None, trainable_layers=0)

@@ -54,6 +54,14 @@ class MultimodalEncoder(nn.Module):
     def trunk(self, modality: str) -> Trunk:
         return self.trunks[modality]  # type: ignore[return-value]
 
+    def cache_outputs(self, enabled: bool) -> None:
+        """Turn the frozen trunks' output caches (text by string, Whisper by clip) on or
+        off. Servers turn them off: their inputs rarely repeat and a server must not grow."""
+        for m in self.modalities:
+            trunk = self.trunk(m)
+            if hasattr(trunk, "cache_outputs"):
+                trunk.cache_outputs = enabled
+
     def encode(self, modality: str, batch: Batch, present: torch.Tensor) -> torch.Tensor:
         """L2-normalised [B, D] embeddings of one modality; zero rows where it is missing."""
         spec = modalities.get(modality)

