@@ -18,7 +18,8 @@ class FakeModel:
         self.media = None
         self.bounds = None
         self.modalities: list[str] = []  # no trunks: only the disagreement rule is tested
-        self.encoder = SimpleNamespace(prompt_modality=None)  # no zero-shot prompts
+        # No zero-shot prompts, no trunks whose caches to turn off.
+        self.encoder = SimpleNamespace(prompt_modality=None, cache_outputs=lambda enabled: None)
 
     def eval(self) -> FakeModel:
         return self
