@@ -45,12 +45,13 @@ test: $(STAMP) $(ASSETS_STAMP) browser-setup $(REAL_AUDIO_PROBE)  ## lint, then 
 # ---- real recordings (tests/integration/test_real_audio.py) ------------------------------
 # Real speech at telephone rate: Asterisk's prompts read by four speakers (en_US Allison
 # Smith, fr_CA June Wallack, it_IT Carlo and Marco Menardi's it_IT_f; CC-BY-SA-3.0), from
-# Debian's packages, unpacked into
+# Debian's packages (and the English prompts' transcripts, core-sounds-en.txt), unpacked into
 # .cache/real-audio (apt-get download needs no root).
 REAL_AUDIO := .cache/real-audio
 # The target is a recording itself, not a stamp: a stamp can outlive the files it vouches for.
-REAL_AUDIO_PROBE := $(REAL_AUDIO)/usr/share/asterisk/sounds/it_IT_f_Menardi/digits/9.wav
+REAL_AUDIO_PROBE := $(REAL_AUDIO)/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz
 REAL_AUDIO_PACKAGES := asterisk-core-sounds-en-wav=1.6.1-1 asterisk-core-sounds-fr-wav=1.6.1-1 \
+  asterisk-core-sounds-en=1.6.1-1 \
   asterisk-core-sounds-it-wav=1.6.1-1 asterisk-prompt-it-menardi-wav=1:1.4.22+mm20110907-3.1
 
 real-audio: $(REAL_AUDIO_PROBE)  ## fetch the real recordings the real-audio test ingests
