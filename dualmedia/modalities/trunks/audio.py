@@ -109,7 +109,6 @@ class WhisperTrunk(Trunk):
         self.model = load_pretrained(str(config.pretrained), "audio")
         self.hidden_size = WHISPER_WIDTH
         self._set_trainable(config.trainable_layers)
-        self._cache: dict[bytes, torch.Tensor] = {}
         self.cache_outputs = not media.audio.spec_augment  # augmented clips never repeat
 
     def _encode(self, logmel: torch.Tensor, valid_frames: torch.Tensor) -> torch.Tensor:
@@ -120,22 +119,13 @@ class WhisperTrunk(Trunk):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         logmel, valid = inputs["logmel"], inputs["valid_frames"]
-        if not self.frozen():
-            return self._encode(logmel, valid)
-        if not self.cache_outputs:
-            with torch.no_grad():
-                return self._encode(logmel, valid)
         keys = [_clip_key(x, int(n)) for x, n in zip(logmel.cpu(), valid.cpu(), strict=True)]
-        missing = [i for i, key in enumerate(keys) if key not in self._cache]
-        if missing:
-            rows = torch.tensor(missing)
-            with torch.no_grad():
-                pooled = self._encode(logmel[rows.to(logmel.device)], valid[rows.to(valid.device)])
-            self._cache.update(zip((keys[i] for i in missing), pooled.float().cpu(), strict=True))
-        return torch.stack([self._cache[key] for key in keys]).to(logmel.device)
 
-    def cache_size(self) -> int:
-        return len(self._cache)
+        def encode(rows: list[int]) -> torch.Tensor:
+            index = torch.tensor(rows, device=logmel.device)
+            return self._encode(logmel[index], valid[index])
+
+        return self.cached(keys, encode)
 
 
 def _clip_key(logmel: torch.Tensor, valid_frames: int) -> bytes:

@@ -10,7 +10,7 @@ is ever downloaded: every load is `local_files_only=True`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -106,6 +106,40 @@ class Trunk(nn.Module):
     hidden_size: int
     pretrained: str | None
     model: nn.Module
+    # A frozen trunk is a fixed function of its input: `cached` keeps its pooled outputs by
+    # input key so epochs after the first never run it again (MiniLM, Whisper). Servers
+    # turn it off (MultimodalEncoder.cache_outputs): inputs rarely repeat, a server must
+    # not grow.
+    cache_outputs: bool = True
+
+    def cached(
+        self, keys: Sequence[Hashable], encode: Callable[[list[int]], torch.Tensor]
+    ) -> torch.Tensor:
+        """[len(keys), hidden]: `encode(rows)` gives the pooled outputs of those rows of the
+        batch. Frozen and caching, only the first row of each new key is encoded (new keys
+        in sorted order, 256 at a time), the rest come from the cache."""
+        every_row = list(range(len(keys)))
+        if not self.frozen():
+            return encode(every_row)
+        if not self.cache_outputs:
+            with torch.no_grad():
+                return encode(every_row)
+        cache: dict[Hashable, torch.Tensor] = self.__dict__.setdefault("_outputs", {})
+        first_row: dict[Hashable, int] = {}
+        for row, key in enumerate(keys):
+            if key not in cache:
+                first_row.setdefault(key, row)
+        missing = sorted(first_row)
+        with torch.no_grad():
+            for start in range(0, len(missing), 256):
+                chunk = missing[start : start + 256]
+                pooled = encode([first_row[key] for key in chunk]).float().cpu()
+                cache.update(zip(chunk, pooled, strict=True))
+        device = next(self.model.parameters()).device
+        return torch.stack([cache[key] for key in keys]).to(device)
+
+    def cache_size(self) -> int:
+        return len(self.__dict__.get("_outputs", {}))
 
     def prepare(self, items: list) -> None:
         """Fit whatever the trunk derives from training data (e.g. input normalisation)

@@ -25,11 +25,6 @@ class TextTrunk(Trunk):
         self.max_tokens = config.max_tokens
         self.hidden_size = int(self.model.config.hidden_size)
         self._set_trainable(config.trainable_layers)
-        # A frozen trunk is a fixed function of the text: pooled outputs are cached so
-        # epochs after the first never run MiniLM again (it dominates CPU time). Serving
-        # sets `cache_outputs = False`: its inputs rarely repeat and a server must not grow.
-        self._cache: dict[str, torch.Tensor] = {}
-        self.cache_outputs = True
 
     def train(self, mode: bool = True) -> TextTrunk:
         super().train(mode)
@@ -46,20 +41,5 @@ class TextTrunk(Trunk):
         return masked_mean(hidden, tokens["attention_mask"])
 
     def forward(self, texts: list[str]) -> torch.Tensor:
-        if not self.frozen():
-            return self._encode(texts)
-        if not self.cache_outputs:
-            with torch.no_grad():
-                return self._encode(texts)
-        missing = sorted({t for t in texts if t not in self._cache})
-        if missing:
-            with torch.no_grad():
-                for start in range(0, len(missing), 256):
-                    chunk = missing[start : start + 256]
-                    pooled = self._encode(chunk).float().cpu()
-                    self._cache.update(zip(chunk, pooled, strict=True))
-        device = next(self.model.parameters()).device
-        return torch.stack([self._cache[t] for t in texts]).to(device)
-
-    def cache_size(self) -> int:
-        return len(self._cache)
+        # Cached by the text itself (Trunk.cached): MiniLM dominates CPU time.
+        return self.cached(texts, lambda rows: self._encode([texts[r] for r in rows]))
