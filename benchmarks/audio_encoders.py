@@ -90,11 +90,9 @@ class Features:
             with torch.no_grad():
                 pooled.append(self.trunk(self.spec.collate(chunk, self.whisper_media)).numpy())
         middle = time.perf_counter()
-        stats = []
-        for d in decoded:
-            x = self.spec.preprocess(d, self.logmel_media)
-            spec = x["logmel"][:, : x["valid_frames"]]
-            stats.append(np.concatenate([spec.mean(1), spec.std(1)]))
+        from dualmedia.modalities.audio import logmel_statistics
+
+        stats = [logmel_statistics(self.spec.preprocess(d, self.logmel_media)) for d in decoded]
         self.seconds["whisper"] += middle - start
         self.seconds["logmel statistics"] += time.perf_counter() - middle
         return np.concatenate(pooled), np.array(stats)

@@ -104,12 +104,13 @@ def baseline(snapshot: Any) -> float:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from dualmedia.modalities.audio import logmel_statistics
+
     def features(split: str) -> tuple[np.ndarray, np.ndarray]:
         arrays = snapshot.arrays(split)
         rows, labels = [], []
         for item, label in zip(arrays.inputs["audio"], arrays.labels["topic"], strict=True):
-            spec = item["logmel"][:, : max(1, int(item["valid_frames"]))]
-            rows.append(np.concatenate([spec.mean(1), spec.std(1)]))
+            rows.append(logmel_statistics(item))
             labels.append(int(label))
         return np.array(rows), np.array(labels)
 

@@ -211,6 +211,13 @@ def log_mel(audio: DecodedAudio, config: AudioPreprocess) -> tuple[np.ndarray, i
     return spec, valid
 
 
+def logmel_statistics(item: dict[str, Any]) -> np.ndarray:
+    """[2 n_mels]: the mean and spread of each band over the frames holding audio, what a
+    linear baseline on an audio item sees (benchmarks, real-audio tests)."""
+    spec = item["logmel"][:, : max(1, int(item["valid_frames"]))]
+    return np.concatenate([spec.mean(1), spec.std(1)])
+
+
 def augment_logmel(
     logmel: np.ndarray,
     valid_frames: int,

@@ -18,7 +18,13 @@ import torch
 
 from dualmedia.datasets import upload_dataset
 from dualmedia.modalities import MediaBounds, MediaConfig
-from dualmedia.modalities.audio import SILENCE, AudioPreprocess, DecodedAudio, log_mel
+from dualmedia.modalities.audio import (
+    SILENCE,
+    AudioPreprocess,
+    DecodedAudio,
+    log_mel,
+    logmel_statistics,
+)
 from dualmedia.settings import Settings
 from dualmedia.snapshot import SPLITS, Snapshot
 from dualmedia.storage import ObjectStore
@@ -154,11 +160,7 @@ def test_the_whisper_encoder_hears_what_is_said_not_who_says_it() -> None:
         batch = SPEC.collate([SPEC.preprocess(d, whisper_media) for d in decoded], whisper_media)
         with torch.no_grad():
             pooled = trunk(batch).numpy()
-        stats = []
-        for d in decoded:
-            x = SPEC.preprocess(d, logmel_media)
-            spec = x["logmel"][:, : x["valid_frames"]]
-            stats.append(np.concatenate([spec.mean(1), spec.std(1)]))
+        stats = [logmel_statistics(SPEC.preprocess(d, logmel_media)) for d in decoded]
         return pooled, np.array(stats)
 
     def recall_at_1(a: np.ndarray, b: np.ndarray) -> float:
