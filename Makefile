@@ -37,7 +37,7 @@ install: $(STAMP) $(ASSETS_STAMP)  ## create .venv and install the pinned depend
 demo: $(STAMP) $(ASSETS_STAMP)  ## start the local stack and run the demo
 	$(BIN)/python -m synthetic.demo
 
-test: $(STAMP) $(ASSETS_STAMP) browser-setup $(REAL_AUDIO_PROBE)  ## lint, then run every test (starts real services on free ports)
+test: $(STAMP) $(ASSETS_STAMP) browser-setup real-audio  ## lint, then run every test (starts real services on free ports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -49,6 +49,8 @@ test: $(STAMP) $(ASSETS_STAMP) browser-setup $(REAL_AUDIO_PROBE)  ## lint, then 
 # .cache/real-audio (apt-get download needs no root).
 REAL_AUDIO := .cache/real-audio
 # The target is a recording itself, not a stamp: a stamp can outlive the files it vouches for.
+# Other rules name `real-audio`, not this variable: make expands a rule's prerequisites where the
+# rule is read, and a variable defined further down is empty there (CI's run fetched nothing).
 REAL_AUDIO_PROBE := $(REAL_AUDIO)/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz
 REAL_AUDIO_PACKAGES := asterisk-core-sounds-en-wav=1.6.1-1 asterisk-core-sounds-fr-wav=1.6.1-1 \
   asterisk-core-sounds-en=1.6.1-1 \
