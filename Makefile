@@ -43,8 +43,9 @@ test: $(STAMP) $(ASSETS_STAMP) browser-setup real-audio  ## lint, then run every
 	$(BIN)/pytest
 
 # ---- real recordings (tests/integration/test_real_audio.py) ------------------------------
-# Real speech at telephone rate: Asterisk's prompts read by four speakers (en_US Allison
-# Smith, fr_CA June Wallack, it_IT Carlo and Marco Menardi's it_IT_f; CC-BY-SA-3.0), from
+# Real speech at telephone rate: Asterisk's prompts read by five speakers (en_US and es_MX
+# Allison Smith, fr_CA June Wallack, it_IT Carlo and Marco Menardi's it_IT_f, ru_RU
+# IvrvoiceRU; CC-BY-SA-3.0), from
 # Debian's packages (and the English prompts' transcripts, core-sounds-en.txt), unpacked into
 # .cache/real-audio (apt-get download needs no root).
 REAL_AUDIO := .cache/real-audio
@@ -53,11 +54,12 @@ REAL_AUDIO := .cache/real-audio
 # rule is read, and a variable defined further down is empty there (CI's run fetched nothing).
 REAL_AUDIO_PROBE := $(REAL_AUDIO)/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz
 REAL_AUDIO_PACKAGES := asterisk-core-sounds-en-wav=1.6.1-1 asterisk-core-sounds-fr-wav=1.6.1-1 \
-  asterisk-core-sounds-en=1.6.1-1 \
+  asterisk-core-sounds-en=1.6.1-1 asterisk-core-sounds-es-wav=1.6.1-1 asterisk-core-sounds-ru-wav=1.6.1-1 \
   asterisk-core-sounds-it-wav=1.6.1-1 asterisk-prompt-it-menardi-wav=1:1.4.22+mm20110907-3.1
 
 real-audio: $(REAL_AUDIO_PROBE)  ## fetch the real recordings the real-audio test ingests
-$(REAL_AUDIO_PROBE):
+# After the Makefile: a package added to the list is fetched into an older cache too.
+$(REAL_AUDIO_PROBE): Makefile
 	rm -rf $(REAL_AUDIO) && mkdir -p $(REAL_AUDIO)
 	cd $(REAL_AUDIO) && apt-get download $(REAL_AUDIO_PACKAGES)
 	cd $(REAL_AUDIO) && for deb in *.deb; do dpkg-deb -x "$$deb" . && rm "$$deb"; done

@@ -139,6 +139,11 @@ class DatasetSpec(BaseModel):
     # land in the same split, so "test" means unseen speakers. Records without the field,
     # and records whose manifest names a split, are split as usual (by id / as named).
     split_by: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    # How an item's modalities belong together: "item", they show the same thing (a
+    # review's photo, words and voice); "label", they were put together by class only (a
+    # scan and a recording of the same digit). Training's contrastive positives follow it
+    # (`positives: dataset`): with "label", items of the same class are not negatives.
+    paired_by: Literal["item", "label"] = "item"
 
     @field_validator("split_by")
     @classmethod

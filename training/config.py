@@ -49,10 +49,13 @@ class StageConfig(_Strict):
     warmup_steps: int = 20
     # Probability of hiding each present modality of a training item (never the last one).
     modality_dropout: float = 0.0
-    # Positives of the contrastive loss: "item" (an item's own other modalities: CLIP) or
-    # "label" (every item of the same class of data.primary_label too: supervised
-    # contrastive, for data whose modalities share only the label).
-    positives: Literal["item", "label"] = "item"
+    # Positives of the contrastive loss: "dataset" (what dataset.yaml's `paired_by` says:
+    # item or label), "item" (an item's own other modalities: CLIP), "label" (every item of
+    # the same class of data.primary_label too, evenly: supervised contrastive, for data
+    # whose modalities share only the label) or "item_and_label" (half the target on the
+    # item itself, half over its class). Validation, which selects the saved epoch, scores
+    # the same loss.
+    positives: Literal["dataset", "item", "label", "item_and_label"] = "dataset"
     # Weight of each modality pair in the contrastive loss, by <a>_<b> in canonical order
     # (text, image, audio, video), e.g. {image_audio: 0.3}; unnamed pairs weigh 1.
     pair_weights: dict[str, float] = Field(default_factory=dict)

@@ -107,6 +107,11 @@ class ClampedOneCycleLR(OneCycleLR):
             self.last_epoch = actual
 
 
+# What an item keeps of its own target under each `positives` (StageConfig, "dataset"
+# resolved); "item" has no groups at all.
+ITEM_SHARE = {"item": 1.0, "label": 0.0, "item_and_label": 0.5}
+
+
 class _StageModule(pl.LightningModule):
     def __init__(
         self, model: FusedModel, stage: StageConfig, primary_label: str | None = None
@@ -121,10 +126,15 @@ class _StageModule(pl.LightningModule):
                 f"pair_weights: no modality pair {unknown} in this model; its pairs: "
                 f"{pair_names(model.modalities)}"
             )
-        if stage.positives == "label" and primary_label is None:
-            raise ValueError("positives: label needs a label whose classes group the items")
-        self.positive_label = primary_label if stage.positives == "label" else None
-        self.clip_loss = ClipLoss(stage.pair_weights)
+        # "dataset": as dataset.yaml pairs the modalities (DatasetSpec.paired_by).
+        self.positives = model.spec.paired_by if stage.positives == "dataset" else stage.positives
+        if self.positives != "item" and primary_label is None:
+            raise ValueError(
+                f"positives: {self.positives} needs a label whose classes group the items"
+            )
+        self.positive_label = primary_label if self.positives != "item" else None
+        self.item_share = ITEM_SHARE[self.positives]
+        self.clip_loss = ClipLoss(stage.pair_weights, self.item_share)
         self._val_outputs: list[dict[str, Any]] = []
 
     def _contrastive(
@@ -134,8 +144,13 @@ class _StageModule(pl.LightningModule):
         labels: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The stage's contrastive loss of a training batch (and each pair's)."""
-        groups = labels[self.positive_label] if self.positive_label else None
-        return self.clip_loss(embeddings, present, self.model.encoder.logit_scale, groups)
+        return self.clip_loss(
+            embeddings, present, self.model.encoder.logit_scale, self._positive_groups(labels)
+        )
+
+    def _positive_groups(self, labels: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The classes whose items are positives of each other (None: each item alone)."""
+        return labels[self.positive_label] if self.positive_label else None
 
     # ---- optimisation -------------------------------------------------------------
     def _groups(self) -> list[dict[str, Any]]:
@@ -212,7 +227,12 @@ class AlignmentModule(_StageModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         embeddings = self.model.encoder(batch)
         self._val_outputs.append(
-            {"ids": batch["ids"], "emb": embeddings, "present": batch["present"]}
+            {
+                "ids": batch["ids"],
+                "emb": embeddings,
+                "present": batch["present"],
+                "groups": self._positive_groups(batch["labels"]),
+            }
         )
 
     def on_validation_epoch_end(self) -> None:
@@ -220,6 +240,11 @@ class AlignmentModule(_StageModule):
             return
         ids = [i for out in self._val_outputs for i in out["ids"]]
         scale = self.model.encoder.logit_scale.detach()
+        # Selected on the loss it trains: with label positives an item-level loss would
+        # reward telling apart items that share everything but their id.
+        groups = (
+            torch.cat([o["groups"] for o in self._val_outputs]) if self.positive_label else None
+        )
         recalls, losses = [], []
         for a in self.model.modalities:
             for b in self.model.modalities:
@@ -235,7 +260,9 @@ class AlignmentModule(_StageModule):
                 recalls.append(r[1])
                 both = ma & mb
                 if a < b and int(both.sum()) >= 2:
-                    losses.append(float(symmetric_clip_loss(ea[both], eb[both], scale)))
+                    same = groups[both] if groups is not None else None
+                    loss = symmetric_clip_loss(ea[both], eb[both], scale, same, self.item_share)
+                    losses.append(float(loss))
         self.log("val/recall_at_1_mean", float(np.nanmean(recalls)) if recalls else float("nan"))
         if losses:
             self.log("val/loss", float(np.mean(losses)))

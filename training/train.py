@@ -181,6 +181,7 @@ class _Run:
             "epochs": int(trainer.current_epoch),
             "seconds": round(time.monotonic() - started, 1),
             "world_size": int(trainer.world_size),  # processes that trained it (DDP)
+            "positives": module.positives,  # "dataset" resolved
             **keep_best.summary(),
         }
         if self.rank0:

@@ -1,12 +1,16 @@
 """Real data through the real ingestion: scikit-learn's 1,797 handwritten 8 x 8 scans, as
 benchmarks/real_data.py writes them in the contract (captions on half the items, the
 manifest's own split), are all accepted by the default bounds and land in the split the
-manifest names."""
+manifest names. With `--speech`'s dataset (each scan's digit also said by a real voice at
+8 kHz, the test voice unheard in training) the default configuration, trained briefly,
+hears the digits of the unseen voice from text prompts far better than a logistic
+regression on log-mel statistics, and fusing the speech with the scans beats the scans."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -16,8 +20,10 @@ import pytest
 from dualmedia.datasets import upload_dataset
 from dualmedia.settings import Settings
 from dualmedia.snapshot import Snapshot
+from dualmedia.stack import Stack
 from dualmedia.storage import ObjectStore
 from ingestion.pipeline import ingest
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "real_data.py"
@@ -45,6 +51,7 @@ def test_every_real_scan_is_accepted_into_the_manifests_split(
     assert summary["accepted"] == 1797 and summary["quarantined"] == 0, summary
     snapshot = Snapshot(ObjectStore(s3_settings), summary["snapshot_uri"])
     assert snapshot.spec.prompt_templates[1] == "a handwritten {cls}"
+    assert snapshot.spec.paired_by == "label"
     for name in ("train", "val", "test"):
         arrays = snapshot.arrays(name)
         assert len(arrays) == int((split == name).sum())
@@ -54,3 +61,44 @@ def test_every_real_scan_is_accepted_into_the_manifests_split(
     # The manifest's split is kept (not re-drawn from the ids): the classes stay stratified.
     test = snapshot.arrays("test")
     assert np.bincount(test.labels["digit"], minlength=10).min() >= 25
+
+
+@pytest.fixture(scope="module")
+def training_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    settings = make_settings(tmp_path_factory.mktemp("real-digits"))
+    stack = Stack(settings, only=["s3", "mlflow"])
+    stack.up()
+    yield settings
+    stack.down()
+
+
+def test_spoken_digits_of_an_unheard_voice_are_learnt_and_fused_with_the_scans(
+    training_stack: Settings, tmp_path: Path
+) -> None:
+    bench = real_data_module()
+    if not bench.SOUNDS.is_dir():
+        pytest.fail(f"{bench.SOUNDS} is missing: run `make real-audio` (make test does)")
+    images, target, split = bench.digits_split(600)
+    voices = bench.speakers(split)
+    assert set(voices[split == "test"]) == set(bench.VOICES["test"])
+    assert not set(voices[split != "test"]) & set(bench.VOICES["test"])
+    bench.write_dataset(tmp_path / "digits", images, target, split, 0.5, speech=True)
+    uri = f"s3://{training_stack.raw_bucket}/real-spoken-digits"
+    upload_dataset(tmp_path / "digits", uri, ObjectStore(training_stack))
+    summary = ingest(uri, training_stack)
+    # Every real word is accepted, the shortest (0.33 s) included.
+    assert summary["accepted"] == 600 and summary["quarantined"] == 0, summary
+    test = Snapshot(ObjectStore(training_stack), summary["snapshot_uri"]).arrays("test")
+    assert test.present["audio"].all() and not test.present["text"].any()
+
+    speech = bench.speech_statistics(target, voices)
+    speech_baseline = bench.baseline(speech, target, split)
+    fused_baseline = bench.baseline(np.hstack([bench.pixels(images), speech]), target, split)
+    row = bench.train_platform(summary["snapshot_uri"], training_stack, "efficientnet", 4, True)
+    # 90 test items, the 10 digits of a voice never heard in training. Measured (4 epochs,
+    # paired_by: label): zero-shot from text prompts 0.80 and speech alone 0.90 vs log. reg.
+    # 0.20; fused 1.00 vs scans alone 0.76 (log. reg. on both 0.70).
+    assert row["zero_shot_audio"] >= speech_baseline + 0.3, (row, speech_baseline)
+    assert row["audio_only"] >= speech_baseline + 0.3, (row, speech_baseline)
+    assert row["fused"] >= row["image_only"] + 0.1, row
+    assert row["fused"] > fused_baseline, (row, fused_baseline)

@@ -243,6 +243,39 @@ def test_label_positives_and_pair_weights_train_and_unknown_pairs_are_refused() 
         AlignmentModule(model, stage, None)
 
 
+def test_positives_follow_how_the_dataset_pairs_its_modalities() -> None:
+    config = load_train_config(REPO_CONFIGS / "tiny.yaml")
+    assert config.alignment.positives == config.fusion.positives == "dataset"
+    for paired_by in ("item", "label"):
+        spec = dataset_spec().model_copy(update={"paired_by": paired_by})
+        model = build_fused_model(spec, MediaConfig(), config.model)
+        module = AlignmentModule(model, config.alignment, "sentiment")
+        assert module.positives == paired_by
+        assert module.positive_label == (None if paired_by == "item" else "sentiment")
+    # An explicit choice wins over the dataset's.
+    stage = config.alignment.model_copy(update={"positives": "item_and_label"})
+    assert AlignmentModule(model, stage, "sentiment").positives == "item_and_label"
+    with pytest.raises(ValueError, match="positives: label needs a label"):
+        AlignmentModule(model, config.alignment, None)
+
+
+def test_validation_scores_the_loss_of_the_stages_positives() -> None:
+    # The saved epoch is selected on val/loss, so it must be the loss the stage trains.
+    # Cross-entropy is linear in its target: half item, half label is the mean of the two.
+    spec = dataset_spec()
+    config = load_train_config(REPO_CONFIGS / "tiny.yaml")
+    model = build_fused_model(spec, MediaConfig(), config.model)
+    arrays = random_arrays(spec, 48, MediaConfig(), seed=5)
+    data = SnapshotDataModule(arrays, arrays, spec, list(NAMES), config.data, MediaConfig())
+    val = {}
+    for positives in ("item", "label", "item_and_label"):
+        stage = config.alignment.model_copy(update={"positives": positives})
+        module = AlignmentModule(model, stage, data.primary_label)
+        val[positives] = quiet_trainer().validate(module, datamodule=data)[0]["val/loss"]
+    assert abs(val["item"] - val["label"]) > 1e-3, val
+    assert val["item_and_label"] == pytest.approx((val["item"] + val["label"]) / 2, rel=1e-4)
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_pictures_are_mirrored_in_training_only_where_the_dataset_allows(flip: bool) -> None:
     media = MediaConfig.from_dict({"image": {"flip": flip}})

@@ -101,6 +101,27 @@ def test_with_label_positives_same_class_items_are_pulled_together_not_apart() -
     assert torch.isclose(symmetric_clip_loss(close, texts, SCALE, unknown), by_item["close"])
 
 
+def test_item_and_label_positives_keep_the_items_own_partner_first() -> None:
+    # Item 0's photo sits exactly between its own text and item 1's (same class). Label
+    # positives are indifferent to which of the two it is nearer; with half the target on
+    # the item itself, nearer its own text is better, and the other class stays a negative.
+    eye = torch.eye(4)
+    texts = eye
+    classes = torch.tensor([0, 0, 1, 1])
+    own = F.normalize(eye + 0.5 * eye[[1, 0, 3, 2]], dim=1)  # nearer its own text
+    swapped = F.normalize(0.5 * eye + eye[[1, 0, 3, 2]], dim=1)  # nearer the neighbour's
+
+    def loss(x: torch.Tensor, share: float) -> float:
+        return float(symmetric_clip_loss(x, texts, SCALE, classes, share))
+
+    assert abs(loss(own, 0.0) - loss(swapped, 0.0)) < 1e-5
+    assert loss(own, 0.5) < loss(swapped, 0.5) - 0.1
+    far = F.normalize(eye + 0.9 * eye[[2, 3, 0, 1]], dim=1)  # near the other class
+    assert loss(far, 0.5) > loss(own, 0.5) + 0.5
+    # item_share 1: the item loss.
+    assert abs(loss(own, 1.0) - float(symmetric_clip_loss(own, texts, SCALE))) < 1e-5
+
+
 def test_pair_weights_make_a_weighted_mean_of_the_pairs() -> None:
     features = {m: unit_rows(6, seed=i) for i, m in enumerate(("text", "image", "audio"))}
     present = {m: torch.ones(6, dtype=torch.bool) for m in features}

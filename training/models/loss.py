@@ -12,6 +12,8 @@ OpenCLIP terms).
 With `groups` (supervised contrastive), items of the same group (the same class of a
 label; -1 = unknown, only itself) are all positives of each other: the target of a row
 is spread evenly over them, so two photos of digit 3 are not pushed apart as negatives.
+With `item_share` s as well, a row's target is s on the item itself and 1 - s spread over
+its group: same-class items are no negatives, yet an item's own partner still ranks first.
 """
 
 from __future__ import annotations
@@ -39,23 +41,29 @@ def symmetric_clip_loss(
     b: torch.Tensor,
     logit_scale: torch.Tensor,
     groups: torch.Tensor | None = None,
+    item_share: float = 0.0,
 ) -> torch.Tensor:
     """CLIP loss of row-aligned, L2-normalised features a[i] <-> b[i]; with `groups` [N],
-    every j of i's group (>= 0) is a positive of i as well."""
+    every j of i's group (>= 0) is a positive of i as well, sharing 1 - `item_share` of
+    the target (i itself keeps `item_share` besides its part of the group's)."""
     logits = logit_scale.exp() * a @ b.T
     if groups is None:
         targets: torch.Tensor = torch.arange(len(a), device=a.device)
     else:
-        same = (groups[:, None] == groups[None, :]) & (groups[:, None] >= 0)
-        same = same | torch.eye(len(a), dtype=torch.bool, device=a.device)
+        eye = torch.eye(len(a), dtype=torch.bool, device=a.device)
+        same = ((groups[:, None] == groups[None, :]) & (groups[:, None] >= 0)) | eye
         targets = same.float() / same.sum(1, keepdim=True)  # symmetric: same.T == same
+        targets = item_share * eye.float() + (1.0 - item_share) * targets
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
 class ClipLoss(nn.Module):
-    def __init__(self, pair_weights: dict[str, float] | None = None) -> None:
+    def __init__(
+        self, pair_weights: dict[str, float] | None = None, item_share: float = 0.0
+    ) -> None:
         super().__init__()
         self.pair_weights = dict(pair_weights or {})
+        self.item_share = item_share
 
     def forward(
         self,
@@ -84,6 +92,7 @@ class ClipLoss(nn.Module):
                 gathered[b][both],
                 logit_scale,
                 everyone[both] if everyone is not None else None,
+                self.item_share,
             )
         weights = {name: self.pair_weights.get(name, 1.0) for name in pair_losses}
         if not pair_losses or sum(weights.values()) == 0:
