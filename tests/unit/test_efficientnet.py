@@ -53,9 +53,10 @@ def test_any_picture_size_gives_a_ceil_over_32_feature_map(
     network: EfficientNetLite0, side: int
 ) -> None:
     with torch.no_grad():
-        out = network(pixel_values=torch.randn(2, 3, side, side)).last_hidden_state
+        out = network(pixel_values=torch.randn(2, 3, side, side))
     cells = -(-side // 32)
-    assert out.shape == (2, cells * cells, efficientnet.HIDDEN_SIZE)
+    assert out.last_hidden_state.shape == (2, cells * cells, efficientnet.HEAD_SIZE)
+    assert out.pooled_features.shape == (2, efficientnet.HIDDEN_SIZE)
 
 
 def test_batch_norm_statistics_never_move_in_training(network: EfficientNetLite0) -> None:
@@ -87,7 +88,7 @@ def test_image_and_video_trunks_load_it_frozen_and_save_without_it(tmp_path: Pat
     image, video = model.encoder.trunk("image"), model.encoder.trunk("video")
     assert image.hidden_size == efficientnet.HIDDEN_SIZE
     assert image.frozen() and not any(p.requires_grad for p in video.model.parameters())
-    # The video trunk projects the 1280 frame features to its own temporal width.
+    # The video trunk projects the 1600 frame features to its own temporal width.
     assert video.hidden_size == config.encoders.video.hidden_size
     assert any(p.requires_grad for p in video.frame_projection.parameters())
     torch.testing.assert_close(image.pixel_mean.flatten(), torch.tensor(efficientnet.PIXEL_MEAN))

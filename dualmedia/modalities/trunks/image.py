@@ -49,7 +49,11 @@ class ImageTrunk(Trunk):
         if x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear")
         x = (x - self.pixel_mean) / self.pixel_std
-        return self.model(pixel_values=x).last_hidden_state.mean(dim=1)
+        out = self.model(pixel_values=x)
+        # A model that pools its own features says so (the packaged EfficientNet's
+        # multi-scale ones); a ViT's tokens are averaged.
+        pooled = getattr(out, "pooled_features", None)
+        return pooled if pooled is not None else out.last_hidden_state.mean(dim=1)
 
 
 def _image_normalisation(

@@ -4,7 +4,7 @@ transformer over the frame tokens (a learned embedding per frame position), mean
 The frame encoder is the image trunk's architecture (from scratch or `pretrained`, as the
 image one); with `share_image_trunk` the frames go through the model's image trunk itself,
 so a photo and a clip's frames are seen by the same weights. The temporal transformer is
-`hidden_size` wide: a frame encoder of another width (a pretrained CNN's 1280 features)
+`hidden_size` wide: a frame encoder of another width (a pretrained CNN's 1600 features)
 is projected to it first.
 """
 
