@@ -123,10 +123,12 @@ def write_dataset(
     split: np.ndarray,
     caption_rate: float,
     speech: bool = False,
+    image_size: int | None = None,
 ) -> None:
     """The digits as a dataset folder in the contract (dataset.yaml + one batch); with
     `speech`, each item also holds its digit said by its voice (`speakers`), a manifest
-    field, and only training and validation items have captions."""
+    field, and only training and validation items have captions. `image_size`: stated in
+    dataset.yaml (default: ingestion derives it from the scans)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -170,7 +172,8 @@ def write_dataset(
         # same digit's other items are no negatives (DatasetSpec.paired_by).
         "paired_by: label\n"
         f"labels:\n  digit: {{type: categorical, classes: [{', '.join(DIGITS)}]}}\n"
-        'prompt_templates: ["{cls}", "a handwritten {cls}", "the digit {cls}"]\n',
+        'prompt_templates: ["{cls}", "a handwritten {cls}", "the digit {cls}"]\n'
+        + (f"media: {{image: {{size: {image_size}}}}}\n" if image_size else ""),
         encoding="utf-8",
     )
 
@@ -250,6 +253,7 @@ def train_platform(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from dualmedia.datasets import upload_dataset
+    from dualmedia.modalities import MediaConfig
     from dualmedia.stack import Stack
     from dualmedia.storage import ObjectStore
     from ingestion.pipeline import ingest
@@ -267,7 +271,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"logistic regression, test accuracy: {baselines}")
     with tempfile.TemporaryDirectory(prefix="dualmedia-real-") as tmp:
         folder = Path(tmp) / "digits"
-        write_dataset(folder, images, target, split, args.caption_rate, speech=args.speech)
+        write_dataset(
+            folder, images, target, split, args.caption_rate, args.speech, args.image_size
+        )
         settings = serving_benchmark().private_settings(Path(tmp) / "home")
         stack = Stack(settings, only=["s3", "mlflow"])
         log("starting a private rclone S3 and MLflow")
@@ -294,6 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"  {rows[-1]}")
         finally:
             stack.down()
+    derived_image = summary["derived_media"].get("image", {})
     return {
         "items": len(target),
         "test_items": int((split == "test").sum()),
@@ -304,6 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "positives": args.positives or "default",
         "accepted": summary["accepted"],
         "quarantined": summary["quarantined"],
+        "image_size": args.image_size or derived_image.get("size", MediaConfig().image.size),
         "logistic_regression": baselines,
         "platform": rows,
     }
@@ -321,7 +329,8 @@ def print_table(result: dict[str, Any]) -> None:
         )
         + f"; {result['accepted']} accepted, {result['quarantined']} quarantined; captions on "
         f"{result['caption_rate']:.0%} of {where}; epochs {result['epochs'] or 'default'}; "
-        f"positives {result['positives']}"
+        f"positives {result['positives']}; pictures at {result['image_size']} x "
+        f"{result['image_size']}"
     )
     header = f"{'image encoder':<14} {'metric':<34} {'platform':>9} {'log. reg.':>9} {'gap':>7}"
     print(header)
@@ -370,6 +379,12 @@ def main() -> None:
         choices=["item", "label", "item_and_label"],
         default=None,
         help="the contrastive positives of both stages (default: the configuration's)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="state the model's picture size in dataset.yaml (default: derived from the scans)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()

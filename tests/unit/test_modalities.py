@@ -179,4 +179,37 @@ def test_audio_preprocessing_follows_the_recordings() -> None:
     assert derived["sample_rate"] == 16000 and derived["hop_length"] == 320
     assert derived["clip_s"] == 4.0  # long recordings: the default cap
     assert audio.derive_media([]) == {}
-    assert modalities.get("image").derive_media(words) == {}  # nothing derived
+    assert modalities.get("image").derive_media(words) == {}  # no picture among them
+
+
+def picture_stats(width: int, height: int) -> dict[str, float]:
+    return {"image_width": float(width), "image_height": float(height)}
+
+
+def test_picture_size_follows_the_pictures() -> None:
+    image = modalities.get("image")
+    scans = [picture_stats(8, 8)] * 50
+    assert image.derive_media(scans) == {"size": 32}  # not 64 x 64 of 8 x 8 pixels
+    thumbnails = [picture_stats(40 + i % 5, 60) for i in range(50)]
+    assert image.derive_media(thumbnails) == {"size": 48}  # the median shorter side, up to 16s
+    photos = [picture_stats(640, 480)] * 50
+    assert image.derive_media(photos) == {"size": MediaConfig().image.size}  # at most 64
+    assert image.derive_media([]) == {}
+
+
+@pytest.mark.parametrize("size", [32, 48, 64])
+def test_a_vit_from_scratch_cuts_any_derived_size_into_8_by_8_patches(size: int) -> None:
+    import torch
+
+    from dualmedia.modalities.trunks.image import ImageTrunk
+
+    config = modalities.get("image").Encoder(
+        pretrained=None, trainable_layers=None, hidden_size=32, num_layers=1, num_heads=2
+    )
+    assert config.patch_size is None  # follows the picture
+    trunk = ImageTrunk(config, size)
+    assert trunk.model.config.patch_size == size // 8
+    pixels = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    assert trunk(pixels).shape == (2, 32)
+    stated = config.model_copy(update={"patch_size": 16})
+    assert ImageTrunk(stated, size).model.config.patch_size == 16  # a config may set it

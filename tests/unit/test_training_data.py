@@ -14,6 +14,7 @@ import torch
 
 from dualmedia.modalities import MediaConfig
 from dualmedia.modalities.audio import SILENCE, augment_logmel
+from dualmedia.modalities.image import shift_and_flip
 from synthetic import GeneratorKnobs, dataset_spec, generate_dataset
 from synthetic.fixtures import arrays_from_folder, random_arrays
 from training.config import REPO_CONFIGS, TrainConfig, load_train_config
@@ -289,3 +290,15 @@ def test_pictures_are_mirrored_in_training_only_where_the_dataset_allows(flip: b
     # The shift moves the band by at most 4 pixels: a mirror puts it on the right.
     right_side = [int(dataset[0]["inputs"]["image"][:, 40:].mean() > 100) for _ in range(40)]
     assert (sum(right_side) > 5) is flip, right_side
+
+
+@pytest.mark.parametrize("side", [32, 64])
+def test_the_shift_augmentation_moves_a_sixteenth_of_the_picture_at_most(side: int) -> None:
+    picture = np.zeros((side, side, 3), dtype=np.uint8)
+    picture[side // 2, side // 2] = 255  # one bright pixel in the middle
+    rng = np.random.default_rng(0)
+    moves = set()
+    for _ in range(200):
+        y, x = np.argwhere(shift_and_flip(picture, rng)[..., 0] == 255)[0]
+        moves |= {abs(int(y) - side // 2), abs(int(x) - side // 2)}
+    assert max(moves) == side // 16, moves

@@ -29,7 +29,7 @@ class ImageTrunk(Trunk):
             self.model = ViTModel(
                 ViTConfig(
                     image_size=image_size,
-                    patch_size=config.patch_size,  # type: ignore[attr-defined]
+                    patch_size=patch_side(config, image_size),
                     num_channels=3,
                     **config.transformer_sizes(),
                 ),
@@ -54,6 +54,12 @@ class ImageTrunk(Trunk):
         # multi-scale ones); a ViT's tokens are averaged.
         pooled = getattr(out, "pooled_features", None)
         return pooled if pooled is not None else out.last_hidden_state.mean(dim=1)
+
+
+def patch_side(config: EncoderConfig, image_size: int) -> int:
+    """The encoder's `patch_size`, or when it is None an eighth of the picture's side."""
+    stated = getattr(config, "patch_size", None)
+    return int(stated) if stated is not None else max(1, image_size // 8)
 
 
 def _image_normalisation(
