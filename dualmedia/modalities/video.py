@@ -27,6 +27,7 @@ from dualmedia.modalities.base import EncoderConfig, MediaError, ModalitySpec, R
 from dualmedia.modalities.image import (
     EFFICIENTNET_LITE0,
     check_picture_size,
+    picture_size,
     shift_and_flip,
     stack_pixels,
 )
@@ -104,7 +105,9 @@ class VideoEncoder(EncoderConfig):
     pretrained: str | None = EFFICIENTNET_LITE0
     trainable_layers: int | None = 0
     num_layers: int = 2  # the ViT's, when from scratch
-    patch_size: int = 16  # 16 tokens a 64 x 64 frame: 8 frames cost about 2 photos
+    # The ViT's patch side; None: a quarter of the frame's side (4 x 4 tokens a frame at any
+    # size: 8 frames cost about 2 photos).
+    patch_size: int | None = None
     dropout: float = 0.1
     # True: the frames go through the image modality's trunk itself (same weights), when
     # the model has images; False: the video trunk has its own frame encoder.
@@ -268,6 +271,24 @@ class VideoSpec(ModalitySpec):
             "video_height": float(decoded.height),
         }
 
+    def derive_media(
+        self, stats: list[dict[str, float]], declared: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The frame size by the image rule (`picture_size`: 32 for clips of 32 x 32 or less,
+        64 for a phone's), and no more sampled frames than the clips hold: the median
+        clip's frame count (duration x rate) when that is below the default 8, so 0.4 s
+        at 10 fps samples its 4 frames, not 4 of them twice."""
+        probed = [s for s in stats if "video_width" in s]
+        if not probed:
+            return {}
+        derived: dict[str, Any] = {
+            "size": picture_size([min(s["video_width"], s["video_height"]) for s in probed])
+        }
+        held = int(np.median([s["video_duration_s"] * s["video_fps"] for s in probed]))
+        if held < VideoPreprocess().frames:
+            derived["frames"] = max(1, held)
+        return derived
+
     def preprocess(self, decoded: VideoProbe, media: Any) -> np.ndarray:
         return sample_clip(decoded, media.video, want_audio=False)[0]
 
@@ -350,7 +371,9 @@ def sample_clip(
     import av
 
     n = config.frames
-    targets = [(k + 0.5) * probe.duration_s / n for k in range(n)]
+    # Less a microsecond: when a clip holds exactly `n` frames each sits half a frame before
+    # its target, and float rounding (0.3 + 0.05 < 3.5 * 0.4 / 4) must not skip the last.
+    targets = [(k + 0.5) * probe.duration_s / n - 1e-6 for k in range(n)]
     kept: list[np.ndarray] = []
     half_frame = 0.5 / probe.fps
     last_time = -1.0

@@ -169,6 +169,45 @@ def test_frame_size_and_frame_count_bounds_come_from_the_header() -> None:
     assert refused.value.reason == "video_too_long"
 
 
+def test_frame_size_and_count_follow_the_clips() -> None:
+    """Derived from the clips' headers as ingestion derives them (decode, stats): small
+    short clips are stored at 32 x 32 with the frames they hold, phone-sized ones at 64."""
+
+    def derived(clips: list[bytes]) -> dict:
+        return VIDEO.derive_media([VIDEO.stats(VIDEO.decode(c, BOUNDS.video)) for c in clips])
+
+    short = [encode_clip(ramp_frames(4 + k % 2, (32, 24)), 10) for k in range(3)]
+    assert derived(short) == {"size": 32, "frames": 4}  # 0.4-0.5 s at 10 fps
+    media = MediaConfig.model_validate({"video": derived(short)})
+    frames = VIDEO.read(short[0], BOUNDS.video, media).inputs["video"]
+    assert frames.shape == (4, 32, 32, 3)
+    # Each of the 4 frames once (grey levels 0, 10, 20, 30), none repeated.
+    levels = frames.reshape(4, -1).mean(axis=1)
+    np.testing.assert_allclose(levels, [0, 10, 20, 30], atol=6)
+    assert derived([encode_clip(ramp_frames(), 8)]) == {"size": MEDIA.video.size}
+    assert VIDEO.derive_media([]) == {}
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_a_frame_vit_from_scratch_cuts_any_derived_size_into_4_by_4_patches(size: int) -> None:
+    from dualmedia.modalities.trunks.video import VideoTrunk
+
+    config = VIDEO.Encoder(
+        pretrained=None,
+        trainable_layers=None,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        temporal_layers=1,
+        temporal_heads=2,
+    )
+    assert config.patch_size is None  # follows the frame
+    media = MediaConfig.model_validate({"video": {"size": size, "frames": 3}})
+    trunk = VideoTrunk(config, media)
+    assert trunk.model.config.patch_size == size // 4
+    assert trunk(torch.zeros(2, 3, size, size, 3, dtype=torch.uint8)).shape == (2, 32)
+
+
 def test_serving_answers_a_bad_clip_with_a_4xx_and_takes_a_good_one(
     clips: dict[str, bytes],
 ) -> None:

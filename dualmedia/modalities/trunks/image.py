@@ -19,6 +19,9 @@ from dualmedia.modalities.trunks.base import Trunk, load_pretrained, resolve_pre
 class ImageTrunk(Trunk):
     """A ViT (from scratch or pretrained) over uint8 RGB images, mean-pooled tokens."""
 
+    # A ViT from scratch with `patch_size: null` cuts a picture into this many patches a side.
+    patches_per_side = 8
+
     def __init__(self, config: EncoderConfig, image_size: int) -> None:
         """`config`: the image encoder's fields (`patch_size` among them); `image_size`: the
         side of the square uint8 inputs."""
@@ -29,7 +32,7 @@ class ImageTrunk(Trunk):
             self.model = ViTModel(
                 ViTConfig(
                     image_size=image_size,
-                    patch_size=patch_side(config, image_size),
+                    patch_size=patch_side(config, image_size, self.patches_per_side),
                     num_channels=3,
                     **config.transformer_sizes(),
                 ),
@@ -56,10 +59,10 @@ class ImageTrunk(Trunk):
         return pooled if pooled is not None else out.last_hidden_state.mean(dim=1)
 
 
-def patch_side(config: EncoderConfig, image_size: int) -> int:
-    """The encoder's `patch_size`, or when it is None an eighth of the picture's side."""
+def patch_side(config: EncoderConfig, image_size: int, per_side: int = 8) -> int:
+    """The encoder's `patch_size`, or when it is None the picture's side / `per_side`."""
     stated = getattr(config, "patch_size", None)
-    return int(stated) if stated is not None else max(1, image_size // 8)
+    return int(stated) if stated is not None else max(1, image_size // per_side)
 
 
 def _image_normalisation(

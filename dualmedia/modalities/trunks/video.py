@@ -24,6 +24,8 @@ from dualmedia.modalities.video import VideoEncoder
 class VideoTrunk(ImageTrunk):
     """Frames [B, T, S, S, 3] uint8 -> [B, hidden]: per-frame ViT, temporal transformer."""
 
+    patches_per_side = 4  # 16 tokens a frame from scratch: 8 frames cost about 2 photos
+
     def __init__(self, config: VideoEncoder, media: Any) -> None:
         super().__init__(config, media.video.size)
         self.share_image_trunk = config.share_image_trunk
