@@ -55,7 +55,7 @@ def feedback_batches() -> Any:
 
     @task(**IO_RETRIES)
     def publish_to_search(new_batches: list[str], params: dict[str, Any] | None = None) -> Any:
-        from feature_repo.publish import publish_batch
+        from feature_repo.publish import publish_batches
         from training.registry import champion_version
 
         assert params is not None
@@ -64,7 +64,7 @@ def feedback_batches() -> Any:
         version = champion_version(name, settings)
         if version is None:
             raise AirflowSkipException(f"no champion of {name}: nothing to score with")
-        return {batch: publish_batch(name, version, settings, batch, uri) for batch in new_batches}
+        return publish_batches(name, version, settings, new_batches, uri)
 
     publish_to_search(find_new_batches())
 

@@ -286,6 +286,29 @@ def publish_batch(
     (the one serving), into the feature store and the version's search catalogue: its
     items are online and searchable without training or a redeploy (serving workers
     pick the batch up within `Settings.search_refresh_s`). Idempotent per batch."""
+    return publish_batches(name, version, settings, [batch], dataset_uri)[batch]
+
+
+def publish_batches(
+    name: str,
+    version: str,
+    settings: Settings,
+    batches: list[str],
+    dataset_uri: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """`publish_batch` for each of `batches` in turn ({batch: result}), the version's
+    model loaded from the registry once for them all."""
+    model_info = _load_registered(name, version, settings)
+    return {b: _publish_one(model_info, version, settings, b, dataset_uri) for b in batches}
+
+
+def _publish_one(
+    model_info: dict[str, Any],
+    version: str,
+    settings: Settings,
+    batch: str,
+    dataset_uri: str | None,
+) -> dict[str, Any]:
     from dualmedia.snapshot import Snapshot, table_to_arrays
     from ingestion.checks import accepted_records
     from serving.catalogue import Catalogue
@@ -298,7 +321,6 @@ def publish_batch(
     )
 
     store = ObjectStore(settings)
-    model_info = _load_registered(name, version, settings)
     model, dataset = model_info["model"], model_info["dataset"]
     search = search_prefix(settings, dataset, version)
     store.committed_manifest(search)  # the version itself is published first
@@ -312,8 +334,8 @@ def publish_batch(
         frames = score_snapshot(model, table_to_arrays(table, spec, model.media), version, at)
         if not store.is_committed(offline):
             rows = {view: len(frame) for view, frame in frames.items()}
-            metadata = {"model": name, "version": version, "batch": batch, "rows": rows,
-                        "published_at": at.isoformat()}  # fmt: skip
+            metadata = {"model": model_info["name"], "version": version, "batch": batch,
+                        "rows": rows, "published_at": at.isoformat()}  # fmt: skip
             write_offline(store, offline, frames, metadata)
         vectors = _vectors_of(frames)
         items = catalogue_items([table], spec, vectors["predicted"], model.modalities)
@@ -358,6 +380,7 @@ def _load_registered(name: str, version: str, settings: Settings) -> dict[str, A
 
     model, tags = load_registered_model(name, version, settings)
     return {
+        "name": name,
         "model": model,
         "snapshot_uri": tags[TAG_SNAPSHOT_URI],
         "dataset": model.spec.name,
