@@ -192,3 +192,14 @@ def test_predictions_name_classes_gates_driver_and_per_modality_guesses(model) -
     signature = model_signature(model)
     assert set(signature.outputs.input_names()) == set(out.columns)
     assert all(not spec.required for spec in signature.inputs.inputs)
+
+
+def test_scoring_sets_eval_mode_even_when_only_one_submodule_is_training() -> None:
+    from torch import nn
+
+    from training.models.scoring import eval_mode
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Dropout(0.5))).eval()
+    model[1][0].train()  # the root says eval; a dropout inside would still drop
+    eval_mode(model)
+    assert not any(module.training for module in model.modules())

@@ -64,6 +64,14 @@ def to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
+def eval_mode(model: Any) -> None:
+    """`model.eval()` unless every module already is: eval() walks every module and the
+    trunks' own train() overrides (2.5 ms for the default model, paid by each served
+    request), where looking costs 0.4 ms."""
+    if any(module.training for module in model.modules()):
+        model.eval()
+
+
 @torch.inference_mode()
 def embed_batch(model: Any, batch: Batch) -> dict[str, torch.Tensor]:
     device = next(model.parameters()).device
@@ -75,7 +83,7 @@ def embed_batch(model: Any, batch: Batch) -> dict[str, torch.Tensor]:
 def fuse(model: Any, embeddings: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> Fused:
     """Fusion of precomputed embeddings under any presence masks (ablations reuse the
     embeddings: an encoder does not depend on the other modalities)."""
-    model.eval()
+    eval_mode(model)
     device = next(model.parameters()).device
     emb = {m: torch.as_tensor(embeddings[m], device=device) for m in model.modalities}
     mask = {m: torch.as_tensor(present[m], device=device) for m in model.modalities}
@@ -102,7 +110,7 @@ def embed_items(
     """Embeddings [N, D] per modality (zero rows where absent) and presence masks of items
     given as model inputs (modality -> input or None), in chunks. No fusion: what `embed`
     and `search` need."""
-    model.eval()
+    eval_mode(model)
     chunks: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
