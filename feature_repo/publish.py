@@ -299,10 +299,11 @@ def publish_batches(
     """`publish_batch` for each of `batches` in turn ({batch: result}), the version's
     model loaded from the registry once for them all."""
     model_info = _load_registered(name, version, settings)
-    return {b: _publish_one(model_info, version, settings, b, dataset_uri) for b in batches}
+    return {b: _publish_one(name, model_info, version, settings, b, dataset_uri) for b in batches}
 
 
 def _publish_one(
+    name: str,
     model_info: dict[str, Any],
     version: str,
     settings: Settings,
@@ -334,8 +335,8 @@ def _publish_one(
         frames = score_snapshot(model, table_to_arrays(table, spec, model.media), version, at)
         if not store.is_committed(offline):
             rows = {view: len(frame) for view, frame in frames.items()}
-            metadata = {"model": model_info["name"], "version": version, "batch": batch,
-                        "rows": rows, "published_at": at.isoformat()}  # fmt: skip
+            metadata = {"model": name, "version": version, "batch": batch, "rows": rows,
+                        "published_at": at.isoformat()}  # fmt: skip
             write_offline(store, offline, frames, metadata)
         vectors = _vectors_of(frames)
         items = catalogue_items([table], spec, vectors["predicted"], model.modalities)
@@ -380,7 +381,6 @@ def _load_registered(name: str, version: str, settings: Settings) -> dict[str, A
 
     model, tags = load_registered_model(name, version, settings)
     return {
-        "name": name,
         "model": model,
         "snapshot_uri": tags[TAG_SNAPSHOT_URI],
         "dataset": model.spec.name,

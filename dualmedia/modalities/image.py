@@ -131,9 +131,8 @@ class ImageSpec(ModalitySpec):
         augmentation whole pixels to move. On scikit-learn's real digits a logistic
         regression on the frozen features scores 0.996 at 32 as at 64, for a quarter of
         the compute. The ViT's patch follows the size (`patch_size: null`)."""
-        size = picture_size(
-            [min(s["image_width"], s["image_height"]) for s in stats if "image_width" in s]
-        )
+        sides = [min(s["image_width"], s["image_height"]) for s in stats if "image_width" in s]
+        size = picture_size(sides, largest=ImagePreprocess().size)
         return {} if size is None else {"size": size}
 
     def preprocess(self, decoded: DecodedImage, media: Any) -> np.ndarray:
@@ -193,14 +192,14 @@ class ImageSpec(ModalitySpec):
         return ("picture", item)
 
 
-def picture_size(shorter_sides: list[float]) -> int | None:
+def picture_size(shorter_sides: list[float], largest: int) -> int | None:
     """The model's picture side for pictures with these shorter sides (an image's, a video
-    frame's): the median rounded up to a multiple of 16, between 32 and the default 64.
-    None when there are none."""
+    frame's): the median rounded up to a multiple of 16, between 32 and `largest` (the
+    modality's default). None when there are none."""
     if not shorter_sides:
         return None
     rounded = int(np.ceil(float(np.median(shorter_sides)) / 16.0) * 16)
-    return min(ImagePreprocess().size, max(32, rounded))
+    return min(largest, max(32, rounded))
 
 
 def check_picture_size(what: str, width: int, height: int, bounds: Any, reason: str) -> None:

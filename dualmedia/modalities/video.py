@@ -277,15 +277,16 @@ class VideoSpec(ModalitySpec):
         """The frame size by the image rule (`picture_size`: 32 for clips of 32 x 32 or less,
         64 for a phone's), and no more sampled frames than the clips hold: the median
         clip's frame count (duration x rate) when that is below the default 8, so 0.4 s
-        at 10 fps samples its 4 frames, not 4 of them twice."""
+        at 10 fps samples its 4 frames, not each of them twice."""
         probed = [s for s in stats if "video_width" in s]
         if not probed:
             return {}
-        derived: dict[str, Any] = {
-            "size": picture_size([min(s["video_width"], s["video_height"]) for s in probed])
-        }
-        held = int(np.median([s["video_duration_s"] * s["video_fps"] for s in probed]))
-        if held < VideoPreprocess().frames:
+        default = VideoPreprocess()
+        sides = [min(s["video_width"], s["video_height"]) for s in probed]
+        derived: dict[str, Any] = {"size": picture_size(sides, largest=default.size)}
+        # Rounded, not truncated: 0.4 s x 10 fps may be 3.9999 in floats.
+        held = round(float(np.median([s["video_duration_s"] * s["video_fps"] for s in probed])))
+        if held < default.frames:
             derived["frames"] = max(1, held)
         return derived
 
