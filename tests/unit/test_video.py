@@ -185,6 +185,10 @@ def test_frame_size_and_count_follow_the_clips() -> None:
     levels = frames.reshape(4, -1).mean(axis=1)
     np.testing.assert_allclose(levels, [0, 10, 20, 30], atol=6)
     assert derived([encode_clip(ramp_frames(), 8)]) == {"size": MEDIA.video.size}
+    # A header's duration rounded to the millisecond: 7 frames at 12 fps is 0.583 s, and
+    # 0.583 x 12 = 6.996 still holds 7 frames.
+    header = {"video_width": 32.0, "video_height": 32.0, "video_duration_s": 0.583}
+    assert VIDEO.derive_media([{**header, "video_fps": 12.0}])["frames"] == 7
     assert VIDEO.derive_media([]) == {}
 
 
